@@ -1,0 +1,1 @@
+"""TensorFlow ops for SSD: boxes, target encoding, losses, post-processing, VOC metrics."""
