@@ -1,0 +1,545 @@
+"""Convert Wei Liu's Caffe SSD models (SSD300 / SSD512 on VGG-16) to this project's TF nets.
+
+Weights are matched by **layer name**, never by order (the original assigned the k-th Caffe
+convolution to the k-th TF one, and users who converted their own models lost 10 mAP points).
+Every TF variable has exactly one Caffe source, computed from its TF-Slim name (DESIGN.md §4):
+
+=====================================  ======================================  ============
+TF-Slim variable (under ``<model>/``)  Caffe layer                             Caffe blob
+=====================================  ======================================  ============
+``conv1/conv1_1/weights|biases``       ``conv1_1`` ... ``conv5_3``             0 | 1
+``conv6/...``, ``conv7/...``           ``fc6``, ``fc7``                        0 | 1
+``block8/conv1x1``, ``block8/conv3x3``  ``conv6_1``, ``conv6_2`` (block k:      0 | 1
+                                       ``conv{k-2}_1/_2``; SSD512 block12 has
+                                       ``conv4x4`` = ``conv10_2``)
+``block4_box/L2Normalization/gamma``   ``conv4_3_norm`` (Normalize)            0
+``<block>_box/conv_loc``               ``<source>_mbox_loc``                   0 | 1
+``<block>_box/conv_cls``               ``<source>_mbox_conf``                  0 | 1
+=====================================  ======================================  ============
+
+where ``<source>`` is the Caffe blob the head reads: ``conv4_3_norm`` (block4), ``fc7``
+(block7), ``conv6_2`` ... ``conv10_2`` (block8 ... block12).
+
+Caffe convolution weights are OIHW ``(out, in, kh, kw)``; TF's are HWIO, so they are transposed
+with axes (2, 3, 1, 0). Caffe SSD reads BGR images, this project RGB (both mean-subtracted, the
+means being the same three numbers in the two orders), so ``conv1_1``'s input channels are
+reversed. Nothing else changes: Caffe's heads permute NCHW to NHWC before flattening, which is
+the (row, column, anchor, value) layout of the TF heads, and Caffe's loc values are (x, y, w, h)
+offsets like this project's.
+
+Anchors come from the model's PriorBox layers (in the deploy.prototxt, and also stored in
+every .caffemodel that Caffe saved): ``min_size``/``max_size`` (truncated to int, as Caffe's
+PriorBox layer does when it builds the boxes), ``aspect_ratio`` + ``flip``, ``step``,
+``offset``, ``variance``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from nets import caffe_pb
+from nets import ssd_params as ssd_params_lib
+
+__all__ = [
+    "CaffeConversionError",
+    "PriorBoxSpec",
+    "caffe_source_of",
+    "caffe_blob_shapes",
+    "convert_weights",
+    "infer_num_classes",
+    "prior_box_specs",
+    "anchor_params_from_prior_boxes",
+    "prior_boxes_numpy",
+    "check_conv_geometry",
+]
+
+_LOG = logging.getLogger(__name__)
+
+# Caffe SSD's prior variances (x, y, w, h), ssd_pascal.py: "prior_variance = [0.1, 0.1, 0.2, 0.2]".
+CAFFE_PRIOR_VARIANCE = (0.1, 0.1, 0.2, 0.2)
+
+# Caffe blob index of each TF-Slim variable kind.
+_BLOB_INDEX = {"weights": 0, "biases": 1, "gamma": 0}
+
+
+class CaffeConversionError(ValueError):
+    """A Caffe model that does not fit the TF net (the message names the Caffe layer(s))."""
+
+
+# ----------------------------------------------------------------------------------------
+# Names
+# ----------------------------------------------------------------------------------------
+
+def _feature_source(block: str, normalized: bool) -> str:
+    """Caffe blob feeding the multibox head of TF end point ``block`` (e.g. 'block8' -> 'conv6_2')."""
+    if block == "block4":
+        base = "conv4_3"
+    elif block == "block7":
+        base = "fc7"
+    else:
+        match = re.fullmatch(r"block(\d+)", block)
+        if not match or int(match.group(1)) < 8:
+            raise CaffeConversionError(f"no Caffe SSD layer corresponds to feature layer {block!r}")
+        base = f"conv{int(match.group(1)) - 2}_2"
+    # Caffe SSD names the normalized blob '<base>_norm' (only conv4_3 is normalized).
+    return base + "_norm" if normalized else base
+
+
+def caffe_source_of(slim_name: str, model_scope: str) -> tuple[str, int]:
+    """The Caffe ``(layer name, blob index)`` that TF-Slim variable ``slim_name`` comes from.
+
+    >>> caffe_source_of('ssd_300_vgg/block8/conv3x3/weights', 'ssd_300_vgg')
+    ('conv6_2', 0)
+    """
+    prefix = model_scope + "/"
+    if not slim_name.startswith(prefix):
+        raise CaffeConversionError(f"TF variable {slim_name} is not under scope {model_scope}/")
+    parts = slim_name[len(prefix):].split("/")
+    kind = parts[-1]
+    if kind not in _BLOB_INDEX:
+        raise CaffeConversionError(f"TF variable {slim_name}: unknown kind {kind!r}")
+    blob = _BLOB_INDEX[kind]
+    scope = parts[:-1]
+    # VGG body: conv1/conv1_1 ... conv5/conv5_3.
+    if len(scope) == 2 and re.fullmatch(r"conv[1-5]", scope[0]) and \
+            re.fullmatch(scope[0] + r"_\d", scope[1]):
+        return scope[1], blob
+    # Reduced fc6/fc7 (3x3 dilated / 1x1 convolutions in Caffe SSD).
+    if scope == ["conv6"]:
+        return "fc6", blob
+    if scope == ["conv7"]:
+        return "fc7", blob
+    # Extra blocks: blockK/conv1x1 -> conv{K-2}_1, blockK/conv{n}x{n} -> conv{K-2}_2.
+    if len(scope) == 2 and re.fullmatch(r"block\d+", scope[0]) and not scope[0].endswith("_box"):
+        k = int(scope[0][len("block"):])
+        if k >= 8:
+            if scope[1] == "conv1x1":
+                return f"conv{k - 2}_1", blob
+            if re.fullmatch(r"conv(\d)x\1", scope[1]):
+                return f"conv{k - 2}_2", blob
+    # Multibox heads.
+    if scope and scope[0].endswith("_box"):
+        block = scope[0][: -len("_box")]
+        if scope[1:] == ["L2Normalization"] and kind == "gamma":
+            return _feature_source(block, normalized=True), 0
+        if len(scope) == 2 and scope[1] in ("conv_loc", "conv_cls"):
+            # Only block4 is normalized in SSD-VGG; its head reads conv4_3_norm.
+            source = _feature_source(block, normalized=(block == "block4"))
+            suffix = "_mbox_loc" if scope[1] == "conv_loc" else "_mbox_conf"
+            return source + suffix, blob
+    raise CaffeConversionError(f"TF variable {slim_name} has no Caffe SSD counterpart")
+
+
+def _caffe_shape_of(tf_shape: Sequence[int]) -> tuple[int, ...]:
+    """The Caffe blob shape holding a TF variable: HWIO -> OIHW, vectors unchanged."""
+    tf_shape = tuple(int(d) for d in tf_shape)
+    if len(tf_shape) == 4:
+        h, w, i, o = tf_shape
+        return (o, i, h, w)
+    return tf_shape
+
+
+def caffe_blob_shapes(variable_shapes: Mapping[str, Sequence[int]],
+                      model_scope: str) -> dict[str, list[tuple[int, ...]]]:
+    """Caffe layer name -> list of its blob shapes (in Caffe order) that a TF net needs.
+
+    ``variable_shapes`` maps TF-Slim names to TF shapes. Used to build synthetic caffemodels
+    (tests, benchmark) and in error messages.
+    """
+    layers: dict[str, dict[int, tuple[int, ...]]] = {}
+    for name, shape in variable_shapes.items():
+        layer, blob = caffe_source_of(name, model_scope)
+        layers.setdefault(layer, {})[blob] = _caffe_shape_of(shape)
+    return {layer: [blobs[i] for i in sorted(blobs)] for layer, blobs in layers.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------
+
+def _as_vector(blob: np.ndarray, size: int) -> np.ndarray | None:
+    """A bias/scale blob as a vector: shape (n,) or a legacy (1, 1, 1, n)-like shape."""
+    if blob.size != size or sum(1 for d in blob.shape if d != 1) > 1:
+        return None
+    return blob.reshape(size)
+
+
+def convert_weights(layers: Sequence[caffe_pb.CaffeLayer],
+                    variable_shapes: Mapping[str, Sequence[int]],
+                    model_scope: str,
+                    source: str = "caffemodel") -> dict[str, np.ndarray]:
+    """Map Caffe layers' blobs onto the TF variables of an SSD net, by name.
+
+    Args:
+      layers: the Caffe layers (``caffe_pb.net_layers``); only layers with blobs matter.
+      variable_shapes: every TF variable of the net to fill, TF-Slim name -> TF shape
+        (conv weights HWIO ``[kh, kw, in, out]``).
+      model_scope: the TF-Slim scope, e.g. ``'ssd_300_vgg'``.
+      source: the file name, for messages.
+
+    Returns:
+      TF-Slim name -> float32 array of the TF shape: weights OIHW -> HWIO; conv1_1's input
+      channels reversed (Caffe BGR -> RGB); biases and the Normalize scale as vectors.
+
+    Raises:
+      CaffeConversionError: one message listing every problem, each naming the Caffe layer:
+      a TF variable whose Caffe layer is missing, a blob of the wrong shape, a Caffe layer
+      with weights that no TF variable uses, a layer name given twice.
+    """
+    by_name: dict[str, caffe_pb.CaffeLayer] = {}
+    problems: list[str] = []
+    for layer in layers:
+        if not layer.blobs:
+            continue
+        if layer.name in by_name:
+            problems.append(f"layer '{layer.name}' appears twice with weights")
+            continue
+        by_name[layer.name] = layer
+
+    values: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+    needed = caffe_blob_shapes(variable_shapes, model_scope)
+    for name in sorted(variable_shapes):
+        tf_shape = tuple(int(d) for d in variable_shapes[name])
+        layer_name, index = caffe_source_of(name, model_scope)
+        layer = by_name.get(layer_name)
+        if layer is None:
+            shapes = ", ".join(str(list(s)) for s in needed[layer_name])
+            problems.append(f"missing layer '{layer_name}' (blobs {shapes}) for {name}")
+            continue
+        used.add(layer_name)
+        if index >= len(layer.blobs):
+            problems.append(f"layer '{layer_name}' has {len(layer.blobs)} blob(s), but {name} "
+                            f"needs blob {index} (a convolution without bias_term?)")
+            continue
+        blob = layer.blobs[index]
+        expected = _caffe_shape_of(tf_shape)
+        if len(tf_shape) == 4:
+            if blob.shape != expected:
+                problems.append(
+                    f"layer '{layer_name}' blob {index} has shape {list(blob.shape)}, but {name} "
+                    f"needs {list(expected)} (OIHW; TF HWIO {list(tf_shape)})")
+                continue
+            value = blob.transpose(2, 3, 1, 0)
+            if layer_name == "conv1_1":
+                # Caffe SSD takes BGR input, this project RGB: reverse the input channels.
+                value = value[:, :, ::-1, :]
+        else:
+            value = _as_vector(blob, int(np.prod(tf_shape)))
+            if value is None:
+                problems.append(f"layer '{layer_name}' blob {index} has shape "
+                                f"{list(blob.shape)}, but {name} needs {list(tf_shape)}")
+                continue
+            value = value.reshape(tf_shape)
+        values[name] = np.ascontiguousarray(value, dtype=np.float32)
+
+    for layer_name, layer in by_name.items():
+        if layer_name in used:
+            continue
+        shapes = ", ".join(str(list(b.shape)) for b in layer.blobs)
+        problems.append(f"layer '{layer_name}' ({layer.type}, blobs {shapes}) has weights but no "
+                        f"counterpart in {model_scope}")
+    if problems:
+        head = f"{source}: " + (f"{len(problems)} problems: " if len(problems) > 1 else "")
+        hint = _model_hint(by_name, model_scope)
+        raise CaffeConversionError(head + "; ".join(problems) + hint)
+    return values
+
+
+def _model_hint(by_name: Mapping[str, Any], model_scope: str) -> str:
+    """A hint when the caffemodel is evidently of the other SSD size."""
+    if "conv10_2" in by_name and "512" not in model_scope:
+        return " (the caffemodel has conv10_2: an SSD512 model? use --model_name=ssd_512_vgg)"
+    if "conv10_2" not in by_name and "conv9_2" in by_name and "512" in model_scope:
+        return " (the caffemodel has no conv10_2: an SSD300 model? use --model_name=ssd_300_vgg)"
+    return ""
+
+
+def infer_num_classes(layers: Sequence[caffe_pb.CaffeLayer],
+                      num_anchors_per_location: Sequence[int],
+                      feat_layers: Sequence[str],
+                      normalizations: Sequence[float] | None = None) -> int | None:
+    """Number of classes (incl. background) from the first head's ``_mbox_conf`` layer.
+
+    Returns None when the caffemodel has no such layer (the weight check reports it then).
+    Raises CaffeConversionError when its output count is not a multiple of its anchors.
+    """
+    by_name = {layer.name: layer for layer in layers if layer.blobs}
+    for i, block in enumerate(feat_layers):
+        normalized = bool(normalizations and normalizations[i] > 0)
+        name = _feature_source(block, normalized) + "_mbox_conf"
+        layer = by_name.get(name)
+        if layer is None:
+            continue
+        outputs = int(layer.blobs[0].shape[0])
+        anchors = int(num_anchors_per_location[i])
+        if outputs % anchors:
+            raise CaffeConversionError(
+                f"layer '{name}' has {outputs} outputs, not a multiple of its {anchors} anchors "
+                f"per location: the anchors (PriorBox aspect ratios) do not fit this model")
+        return outputs // anchors
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution geometry (a sanity check: the blob shapes do not show strides or padding)
+# ----------------------------------------------------------------------------------------
+
+def _expected_conv_geometry(layer_name: str, params: Any) -> tuple[int, int, int] | None:
+    """(stride, pad, dilation) that the TF net uses for a Caffe layer, None if unknown."""
+    if re.fullmatch(r"conv[1-5]_\d", layer_name):
+        return (1, 1, 1)
+    if layer_name == "fc6":
+        return (1, 6, 6)   # SSD's reduced fc6: 3x3, dilation 6 (DESIGN.md §7).
+    if layer_name == "fc7":
+        return (1, 0, 1)
+    if layer_name.endswith(("_mbox_loc", "_mbox_conf")):
+        return (1, 1, 1)
+    match = re.fullmatch(r"conv(\d+)_([12])", layer_name)
+    if match:
+        block_name = f"block{int(match.group(1)) + 2}"
+        for block in getattr(params, "extra_blocks", ()):
+            if block.name == block_name:
+                return (1, 0, 1) if match.group(2) == "1" else (block.stride, block.padding, 1)
+    return None
+
+
+def check_conv_geometry(layers: Sequence[caffe_pb.CaffeLayer], params: Any,
+                        source: str = "caffemodel") -> list[str]:
+    """Compare each Caffe convolution's stride/pad/dilation with the TF net's.
+
+    Returns a list of human-readable mismatches (empty when all agree or when the caffemodel
+    carries no ``convolution_param``). Blob shapes cannot reveal these, and a mismatch makes
+    the converted net compute something else.
+    """
+    issues = []
+    for layer in layers:
+        if layer.type != "Convolution" or not layer.param.HasField("convolution_param"):
+            continue
+        expected = _expected_conv_geometry(layer.name, params)
+        if expected is None:
+            continue
+        conv = layer.param.convolution_param
+        stride = conv.stride_h if conv.HasField("stride_h") else (conv.stride[0] if conv.stride else 1)
+        pad = conv.pad_h if conv.HasField("pad_h") else (conv.pad[0] if conv.pad else 0)
+        dilation = conv.dilation[0] if conv.dilation else 1
+        if (stride, pad, dilation) != expected:
+            issues.append(f"{source}: layer '{layer.name}' has stride {stride}, pad {pad}, "
+                          f"dilation {dilation}; the TF net uses {expected[0]}, {expected[1]}, "
+                          f"{expected[2]}")
+    return issues
+
+
+# ----------------------------------------------------------------------------------------
+# Anchors from PriorBox layers
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PriorBoxSpec:
+    """The parameters of one Caffe PriorBox layer, in pixels of the network input.
+
+    Attributes:
+      name: the layer name, e.g. 'conv4_3_norm_mbox_priorbox'.
+      source: its first bottom, the feature blob, e.g. 'conv4_3_norm'.
+      min_sizes, max_sizes: as written in the file (floats).
+      aspect_ratios: the ratios w/h after Caffe's expansion (duplicates and 1 dropped,
+        each r followed by 1/r when flip is true).
+      flip, clip: Caffe's flags.
+      variance: the 4 prior variances (x, y, w, h).
+      img_size: (h, w) when the layer states it, else None (Caffe then uses the input's).
+      step: (h, w) when the layer states it, else None (Caffe then uses img / feature size).
+      offset: the centre offset in cells.
+    """
+
+    name: str
+    source: str
+    min_sizes: tuple[float, ...]
+    max_sizes: tuple[float, ...]
+    aspect_ratios: tuple[float, ...]
+    flip: bool
+    clip: bool
+    variance: tuple[float, ...]
+    img_size: tuple[int, int] | None
+    step: tuple[float, float] | None
+    offset: float
+
+
+def _expand_aspect_ratios(ratios: Sequence[float], flip: bool) -> tuple[float, ...]:
+    """Caffe PriorBoxLayer::LayerSetUp: start from {1}, skip near-duplicates, add 1/r on flip.
+
+    Returns the list without the leading 1 (the squares are handled separately).
+    """
+    seen = [1.0]
+    out: list[float] = []
+    for r in ratios:
+        r = float(r)
+        if any(abs(r - s) < 1e-6 for s in seen):
+            continue
+        seen.append(r)
+        out.append(r)
+        if flip:
+            seen.append(1.0 / r)
+            out.append(1.0 / r)
+    return tuple(out)
+
+
+def prior_box_specs(net_param: Any, source: str = "net") -> list[PriorBoxSpec]:
+    """The PriorBox layers of a NetParameter (a deploy.prototxt or a .caffemodel), in order."""
+    specs = []
+    for layer in caffe_pb.net_layers(net_param, source=source, with_blobs=False):
+        if layer.type != "PriorBox":
+            continue
+        p = layer.param.prior_box_param
+        if not layer.bottom:
+            raise CaffeConversionError(f"{source}: PriorBox layer '{layer.name}' has no bottom")
+        img_size = None
+        if p.HasField("img_size"):
+            img_size = (int(p.img_size), int(p.img_size))
+        elif p.HasField("img_h") or p.HasField("img_w"):
+            img_size = (int(p.img_h), int(p.img_w))
+        step = None
+        if p.HasField("step"):
+            step = (float(p.step), float(p.step))
+        elif p.HasField("step_h") or p.HasField("step_w"):
+            step = (float(p.step_h), float(p.step_w))
+        specs.append(PriorBoxSpec(
+            name=layer.name, source=layer.bottom[0],
+            min_sizes=tuple(float(v) for v in p.min_size),
+            max_sizes=tuple(float(v) for v in p.max_size),
+            aspect_ratios=_expand_aspect_ratios(p.aspect_ratio, p.flip),
+            flip=bool(p.flip), clip=bool(p.clip),
+            variance=tuple(float(v) for v in p.variance) or (0.1,),
+            img_size=img_size, step=step, offset=float(p.offset)))
+    return specs
+
+
+def _clean_number(value: float) -> float | int:
+    """An int when the float is whole (steps 8, 16 ... read back as written)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def anchor_params_from_prior_boxes(params: Any, specs: Sequence[PriorBoxSpec],
+                                   source: str = "prototxt") -> Any:
+    """A copy of ``params`` (an ``SSDParams``) whose anchors are those of the PriorBox layers.
+
+    Each feature layer must have exactly one PriorBox layer (found by its bottom: conv4_3_norm,
+    fc7, conv6_2 ...). Sizes are truncated to int as Caffe's PriorBox does (so SSD512's
+    35.84 gives 35), ``anchor_preset`` names the matching preset of nets/ssd_params.py (or
+    'custom'), and ``prior_scaling`` takes the PriorBox variances.
+
+    Raises CaffeConversionError naming the layer for what this project's anchors cannot
+    express (several min sizes, no max size, different steps in y and x, offsets or
+    variances that differ between layers, an image size other than the model's).
+    """
+    by_source = {}
+    for spec in specs:
+        if spec.source in by_source:
+            raise CaffeConversionError(f"{source}: PriorBox layers '{by_source[spec.source].name}' "
+                                       f"and '{spec.name}' both read '{spec.source}'")
+        by_source[spec.source] = spec
+    sizes, ratios, steps, offsets, variances = [], [], [], set(), set()
+    used = set()
+    img_h, img_w = params.img_shape
+    for i, block in enumerate(params.feat_layers):
+        src = _feature_source(block, normalized=params.normalizations[i] > 0)
+        spec = by_source.get(src)
+        if spec is None:
+            raise CaffeConversionError(f"{source}: no PriorBox layer reads '{src}' (feature layer "
+                                       f"{block}); found: {', '.join(by_source) or 'none'}")
+        used.add(src)
+        where = f"{source}: PriorBox layer '{spec.name}'"
+        if len(spec.min_sizes) != 1 or len(spec.max_sizes) != 1:
+            raise CaffeConversionError(
+                f"{where} has {len(spec.min_sizes)} min_size and {len(spec.max_sizes)} max_size "
+                f"values; SSD-VGG nets need exactly one of each")
+        if spec.img_size is not None and spec.img_size != (img_h, img_w):
+            raise CaffeConversionError(f"{where} is for {spec.img_size[0]}x{spec.img_size[1]} "
+                                       f"images, the model for {img_h}x{img_w}")
+        if spec.step is not None:
+            if spec.step[0] != spec.step[1]:
+                raise CaffeConversionError(f"{where} has step_h {spec.step[0]} != step_w "
+                                           f"{spec.step[1]}; not supported")
+            step = spec.step[0]
+        else:
+            # Caffe: step = image size / feature map size when the layer gives none.
+            feat_h, feat_w = params.feat_shapes[i]
+            if img_h / feat_h != img_w / feat_w:
+                raise CaffeConversionError(f"{where} has no step and a non-square grid")
+            step = img_h / feat_h
+        if spec.clip:
+            _LOG.warning("%s clips its priors to the image; this project's anchors are never "
+                         "clipped, so boxes near the borders will differ slightly", where)
+        # Caffe's PriorBoxLayer::Forward_cpu stores min_size/max_size in ints before building
+        # the boxes, so the published models were trained and tested with truncated sizes.
+        sizes.append((float(int(spec.min_sizes[0])), float(int(spec.max_sizes[0]))))
+        ratios.append(spec.aspect_ratios)
+        steps.append(_clean_number(step))
+        offsets.add(spec.offset)
+        variances.add(spec.variance)
+    extra = sorted(set(by_source) - used)
+    if extra:
+        raise CaffeConversionError(f"{source}: PriorBox layers on {', '.join(extra)} have no "
+                                   f"feature layer in the model ({', '.join(params.feat_layers)})")
+    if len(offsets) != 1:
+        raise CaffeConversionError(f"{source}: PriorBox offsets differ between layers: "
+                                   f"{sorted(offsets)}; one offset is supported")
+    if len(variances) != 1:
+        raise CaffeConversionError(f"{source}: PriorBox variances differ between layers")
+    variance = next(iter(variances))
+    if len(variance) == 1:
+        variance = variance * 4
+    if len(variance) != 4:
+        raise CaffeConversionError(f"{source}: PriorBox variance has {len(variance)} values, "
+                                   f"expected 1 or 4")
+    sizes_t = tuple(sizes)
+    preset = ssd_params_lib.CUSTOM_PRESET
+    table = ssd_params_lib.ANCHOR_PRESETS.get(tuple(params.img_shape), {})
+    # Prefer the plain preset name when the truncated sizes equal it (SSD300 sizes are whole).
+    for name in sorted(table, key=lambda n: (n.endswith("_caffe"), n)):
+        if tuple(tuple(float(v) for v in s) for s in table[name]) == sizes_t:
+            preset = name
+            break
+    return dataclasses.replace(
+        params, anchor_sizes=sizes_t, anchor_ratios=tuple(ratios), anchor_steps=tuple(steps),
+        anchor_offset=float(next(iter(offsets))),
+        prior_scaling=tuple(float(v) for v in variance), anchor_preset=preset)
+
+
+def prior_boxes_numpy(spec: PriorBoxSpec, feat_shape: Sequence[int],
+                      img_shape: Sequence[int]) -> np.ndarray:
+    """Caffe PriorBoxLayer::Forward_cpu in NumPy: [h * w * A, 4] (xmin, ymin, xmax, ymax).
+
+    Normalized to the image, in Caffe's (row, column, prior) order. A slow, loop-based
+    reference for tests and for ``--verify``-style comparisons; follows Caffe's int cast of
+    min_size/max_size and its ``clip`` flag.
+    """
+    feat_h, feat_w = int(feat_shape[0]), int(feat_shape[1])
+    img_h, img_w = spec.img_size if spec.img_size else (int(img_shape[0]), int(img_shape[1]))
+    step_h, step_w = spec.step if spec.step else (img_h / feat_h, img_w / feat_w)
+    out = []
+    for hh in range(feat_h):
+        for ww in range(feat_w):
+            cx = (ww + spec.offset) * step_w
+            cy = (hh + spec.offset) * step_h
+            for s, min_size_f in enumerate(spec.min_sizes):
+                min_size = int(min_size_f)
+                boxes = [(min_size, min_size)]
+                if spec.max_sizes:
+                    max_size = int(spec.max_sizes[s])
+                    side = math.sqrt(min_size * max_size)
+                    boxes.append((side, side))
+                for ar in spec.aspect_ratios:
+                    boxes.append((min_size * math.sqrt(ar), min_size / math.sqrt(ar)))
+                for bw, bh in boxes:
+                    out.append(((cx - bw / 2.0) / img_w, (cy - bh / 2.0) / img_h,
+                                (cx + bw / 2.0) / img_w, (cy + bh / 2.0) / img_h))
+    boxes_np = np.asarray(out, dtype=np.float64).reshape(-1, 4)
+    if spec.clip:
+        boxes_np = np.clip(boxes_np, 0.0, 1.0)
+    return boxes_np.astype(np.float32)
