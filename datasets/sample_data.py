@@ -1,0 +1,346 @@
+"""A small, deterministic, VOC-format sample dataset of coloured shapes.
+
+The demo, the notebook and the tests need a real detection task that a light SSD can learn
+in a few CPU minutes, without downloading PASCAL VOC. This module draws one:
+
+* real JPEG images (``JPEGImages/<id>.jpg``) on textured, muted backgrounds (gratings, a colour
+  gradient, thin clutter lines and pixel noise), so the net cannot find objects by "anything
+  that is not flat";
+* four classes of distinct shapes (:data:`CLASSES`), each instance with its own saturated
+  colour, size (about 10% to 60% of the shorter image side), aspect ratio and rotation;
+  colour never tells the class, the shape does;
+* limited overlap between objects (later objects occlude earlier ones a little), some objects
+  cut by the image border (``truncated=1``) and a few tiny ones marked ``difficult=1``;
+* VOC XML annotations (``Annotations/<id>.xml``, 1-based inclusive pixel boxes, ``truncated``
+  and ``difficult`` flags), ``ImageSets/Main/{trainval,test}.txt`` and a label map
+  ``labels.txt`` (one class name per line, line ``i`` = label ``i``, background excluded).
+
+Determinism: image ``i`` of a split is drawn from its own generator seeded with
+``(seed, split, i)`` and written with fixed JPEG settings, so the same arguments give
+byte-identical files, and a larger ``num_trainval`` only adds images after the existing ones.
+
+Run as a module: ``python -m datasets.sample_data --output_dir sample_data``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import logging
+import math
+import os
+import sys
+from typing import Sequence
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
+
+# Label 0 is the background; CLASSES[i - 1] is label i.
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+LABELS_FILENAME = "labels.txt"
+SPLITS: tuple[str, ...] = ("trainval", "test")
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (240, 320)  # (height, width): not square, so warping matters.
+JPEG_QUALITY = 92
+
+# Object sizes, as a fraction of the shorter image side (the side of the shape's own square
+# before its aspect ratio is applied).
+_MIN_SIZE, _MAX_SIZE = 0.10, 0.60
+# Tiny "difficult" objects, like VOC's hard-to-see ones: scored neither way by VOC AP.
+_DIFFICULT_SIZE = (0.045, 0.075)
+_P_DIFFICULT = 0.12
+# Fraction of objects placed across the image border (truncated=1).
+_P_TRUNCATED = 0.15
+# A truncated object keeps at least this fraction of its box inside the image.
+_MIN_VISIBLE = 0.55
+# Overlap allowed between two objects' boxes: IoU, and the part of a box another box may cover.
+_MAX_IOU, _MAX_COVER = 0.30, 0.45
+_MAX_OBJECTS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleObject:
+    """One annotated object: class name, box in pixels and VOC flags.
+
+    ``box`` is ``(ymin, xmin, ymax, xmax)`` in continuous pixel coordinates (0..height, 0..width),
+    already clipped to the image.
+    """
+    name: str
+    box: tuple[float, float, float, float]
+    truncated: int
+    difficult: int
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    i = int(h * 6.0) % 6
+    f = h * 6.0 - math.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    r, g, b = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A muted, textured background, float32 [H, W, 3] in 0..255."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.array(_hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.3), rng.uniform(0.35, 0.8)),
+                    np.float32)
+    other = np.array(_hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.3), rng.uniform(0.35, 0.8)),
+                     np.float32)
+    # A linear gradient between two muted colours.
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
+    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    image = base + (other - base) * ramp[..., None]
+    # A few sinusoidal gratings (wood/fabric-like texture), each with its own tint.
+    for _ in range(rng.integers(2, 5)):
+        theta = rng.uniform(0, math.pi)
+        period = rng.uniform(6.0, 60.0)
+        phase = rng.uniform(0, 2 * math.pi)
+        wave = np.sin(2 * math.pi * (np.cos(theta) * xx + np.sin(theta) * yy) / period + phase)
+        tint = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
+        image += rng.uniform(6.0, 22.0) * wave[..., None] * tint
+    return image
+
+
+def _shape_polygon(name: str, rng: np.random.Generator, cy: float, cx: float,
+                   side: float) -> list[tuple[float, float]] | None:
+    """Vertices ``(x, y)`` of a shape centred at (cy, cx), or None for the circle class."""
+    if name == "circle":
+        return None
+    aspect = math.exp(rng.uniform(-0.35, 0.35))  # w / h
+    half_w, half_h = side * math.sqrt(aspect) / 2, side / math.sqrt(aspect) / 2
+    if name == "square":
+        angle = rng.uniform(-0.35, 0.35)  # mostly upright, slightly turned
+        unit = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+    elif name == "triangle":
+        angle = rng.uniform(-math.pi, math.pi)
+        unit = [(math.cos(a), math.sin(a)) for a in
+                (-math.pi / 2, -math.pi / 2 + 2 * math.pi / 3, -math.pi / 2 + 4 * math.pi / 3)]
+    elif name == "star":
+        angle = rng.uniform(-math.pi, math.pi)
+        inner = rng.uniform(0.38, 0.5)
+        unit = []
+        for k in range(10):
+            a = -math.pi / 2 + k * math.pi / 5
+            radius = 1.0 if k % 2 == 0 else inner
+            unit.append((radius * math.cos(a), radius * math.sin(a)))
+    else:
+        raise ValueError(f"unknown sample class {name!r}; valid: {', '.join(CLASSES)}")
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+    points = []
+    for ux, uy in unit:
+        x, y = ux * half_w, uy * half_h
+        points.append((cx + x * cos_a - y * sin_a, cy + x * sin_a + y * cos_a))
+    return points
+
+
+def _extent(name: str, rng: np.random.Generator, cy: float, cx: float, side: float):
+    """The drawable of a shape and its unclipped box ``(ymin, xmin, ymax, xmax)`` in pixels."""
+    polygon = _shape_polygon(name, rng, cy, cx, side)
+    if polygon is None:
+        aspect = math.exp(rng.uniform(-0.2, 0.2))  # near-round ellipses
+        ry, rx = side / 2 / math.sqrt(aspect), side / 2 * math.sqrt(aspect)
+        return ("ellipse", (cx - rx, cy - ry, cx + rx, cy + ry)), (cy - ry, cx - rx, cy + ry, cx + rx)
+    xs = [p[0] for p in polygon]
+    ys = [p[1] for p in polygon]
+    return ("polygon", polygon), (min(ys), min(xs), max(ys), max(xs))
+
+
+def _box_area(box: Sequence[float]) -> float:
+    return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+
+
+def _overlap_ok(box: Sequence[float], others: Sequence[Sequence[float]]) -> bool:
+    for other in others:
+        inter = _box_area((max(box[0], other[0]), max(box[1], other[1]),
+                           min(box[2], other[2]), min(box[3], other[3])))
+        union = _box_area(box) + _box_area(other) - inter
+        if union > 0 and inter / union > _MAX_IOU:
+            return False
+        if inter > _MAX_COVER * min(_box_area(box), _box_area(other)):
+            return False
+    return True
+
+
+def draw_sample(rng: np.random.Generator, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+                ) -> tuple[np.ndarray, list[SampleObject]]:
+    """Draw one image and its objects.
+
+    Args:
+      rng: the generator to draw from (all randomness comes from it).
+      image_size: ``(height, width)`` in pixels.
+
+    Returns:
+      ``(image uint8 [H, W, 3] RGB, objects)``; boxes are ``(ymin, xmin, ymax, xmax)`` pixels.
+    """
+    height, width = image_size
+    short = float(min(height, width))
+    canvas = Image.fromarray(np.clip(_background(rng, height, width), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    # Clutter: thin muted lines, which are background, not objects.
+    for _ in range(rng.integers(0, 4)):
+        colour = _hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.2, 0.9))
+        points = [(float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(2)]
+        draw.line(points, fill=colour, width=int(rng.integers(1, 3)))
+
+    objects: list[SampleObject] = []
+    boxes: list[tuple[float, float, float, float]] = []
+    num_objects = int(rng.integers(1, _MAX_OBJECTS + 1))
+    want_difficult = rng.uniform() < _P_DIFFICULT
+    for k in range(num_objects + int(want_difficult)):
+        difficult = int(want_difficult and k == num_objects)
+        name = CLASSES[int(rng.integers(len(CLASSES)))]
+        truncated_wanted = not difficult and rng.uniform() < _P_TRUNCATED
+        for _attempt in range(30):
+            if difficult:
+                side = short * rng.uniform(*_DIFFICULT_SIZE)
+            else:
+                # Log-uniform sizes: as many small objects as large ones.
+                side = short * math.exp(rng.uniform(math.log(_MIN_SIZE), math.log(_MAX_SIZE)))
+            if truncated_wanted:
+                cy, cx = rng.uniform(-0.1 * side, height + 0.1 * side), rng.uniform(-0.1 * side, width + 0.1 * side)
+            else:
+                cy, cx = rng.uniform(0.55 * side, height - 0.55 * side), rng.uniform(0.55 * side, width - 0.55 * side)
+            drawable, full = _extent(name, rng, cy, cx, side)
+            box = (max(full[0], 0.0), max(full[1], 0.0), min(full[2], float(height)), min(full[3], float(width)))
+            visible = _box_area(box) / max(_box_area(full), 1e-6)
+            cut = visible < 0.999
+            if cut and (not truncated_wanted or visible < _MIN_VISIBLE):
+                continue
+            if truncated_wanted and not cut:
+                continue
+            if box[2] - box[0] < 4 or box[3] - box[1] < 4 or not _overlap_ok(box, boxes):
+                continue
+            break
+        else:
+            continue  # no room for this object; images keep at least the objects placed so far
+        hue = rng.uniform()
+        fill = _hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0))
+        outline = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.15, 0.4))
+        kind, geometry = drawable
+        outline_width = max(1, int(round(side / 40)))
+        if kind == "ellipse":
+            draw.ellipse(geometry, fill=fill, outline=outline, width=outline_width)
+        else:
+            draw.polygon(geometry, fill=fill, outline=outline, width=outline_width)
+        boxes.append(box)
+        objects.append(SampleObject(name=name, box=tuple(float(v) for v in box),
+                                    truncated=int(cut), difficult=difficult))
+
+    # Sensor-like noise over everything, so shapes are not perfectly flat either.
+    pixels = np.asarray(canvas, np.float32) + rng.normal(0.0, 5.0, size=(height, width, 3))
+    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8), objects
+
+
+def annotation_xml(image_id: str, image_size: tuple[int, int], objects: Sequence[SampleObject]) -> str:
+    """The VOC XML of one image: 1-based inclusive integer pixel boxes, as in PASCAL VOC."""
+    height, width = image_size
+    lines = ["<annotation>", "\t<folder>sample</folder>", f"\t<filename>{escape(image_id)}.jpg</filename>",
+             "\t<source><database>SSD-TF2 sample shapes</database></source>",
+             f"\t<size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
+             "\t<segmented>0</segmented>"]
+    for obj in objects:
+        ymin, xmin, ymax, xmax = obj.box
+        # Continuous [x0, x1) pixel spans -> VOC's 1-based inclusive pixel indices.
+        x1, y1 = int(math.floor(xmin)) + 1, int(math.floor(ymin)) + 1
+        x2, y2 = max(int(math.ceil(xmax)), x1), max(int(math.ceil(ymax)), y1)
+        lines += ["\t<object>", f"\t\t<name>{obj.name}</name>", "\t\t<pose>Unspecified</pose>",
+                  f"\t\t<truncated>{obj.truncated}</truncated>", f"\t\t<difficult>{obj.difficult}</difficult>",
+                  f"\t\t<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox>",
+                  "\t</object>"]
+    lines.append("</annotation>")
+    return "\n".join(lines) + "\n"
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    """JPEG bytes of a uint8 RGB image with fixed settings (deterministic output)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=False,
+                                progressive=False, subsampling=0)
+    return buffer.getvalue()
+
+
+def image_ids(split: str, num_images: int) -> list[str]:
+    """Ids of a split, e.g. ``trainval_000001``: unique across splits, stable as sizes grow."""
+    return [f"{split}_{i + 1:06d}" for i in range(num_images)]
+
+
+def _write_if_changed(path: str, data: bytes) -> None:
+    # Rewriting identical bytes is skipped so that re-running keeps file times (caches stay warm).
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int = 0,
+             image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> dict[str, int]:
+    """Write the sample dataset under ``root`` in the PASCAL VOC layout.
+
+    Args:
+      root: output folder; ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/`` and
+        ``labels.txt`` are created in it.
+      num_trainval, num_test: images per split.
+      seed: the dataset seed; the same arguments always give byte-identical files.
+      image_size: ``(height, width)`` of every image, in pixels.
+
+    Returns:
+      ``{'trainval': n, 'test': n, 'objects': total objects, 'difficult': n, 'truncated': n}``.
+    """
+    if num_trainval < 0 or num_test < 0:
+        raise ValueError(f"image counts must be >= 0, got trainval={num_trainval}, test={num_test}")
+    height, width = int(image_size[0]), int(image_size[1])
+    if min(height, width) < 32:
+        raise ValueError(f"image_size {image_size} is too small: both sides must be >= 32 pixels")
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    _write_if_changed(os.path.join(root, LABELS_FILENAME), ("\n".join(CLASSES) + "\n").encode())
+    stats = {"trainval": num_trainval, "test": num_test, "objects": 0, "difficult": 0, "truncated": 0}
+    for split_index, (split, count) in enumerate(zip(SPLITS, (num_trainval, num_test))):
+        ids = image_ids(split, count)
+        for i, image_id in enumerate(ids):
+            rng = np.random.default_rng([seed, split_index, i])
+            image, objects = draw_sample(rng, (height, width))
+            _write_if_changed(os.path.join(root, "JPEGImages", image_id + ".jpg"), encode_jpeg(image))
+            _write_if_changed(os.path.join(root, "Annotations", image_id + ".xml"),
+                              annotation_xml(image_id, (height, width), objects).encode())
+            stats["objects"] += len(objects)
+            stats["difficult"] += sum(o.difficult for o in objects)
+            stats["truncated"] += sum(o.truncated for o in objects)
+        _write_if_changed(os.path.join(root, "ImageSets", "Main", split + ".txt"),
+                          "".join(i + "\n" for i in ids).encode())
+    logger.info("sample data in %s: %s", root, stats)
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output_dir", default="sample_data", help="folder to write the VOC-format dataset to")
+    parser.add_argument("--num_trainval", type=int, default=400, help="images in the trainval split")
+    parser.add_argument("--num_test", type=int, default=100, help="images in the test split")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (same seed -> same files)")
+    parser.add_argument("--image_height", type=int, default=DEFAULT_IMAGE_SIZE[0], help="image height in pixels")
+    parser.add_argument("--image_width", type=int, default=DEFAULT_IMAGE_SIZE[1], help="image width in pixels")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        stats = generate(args.output_dir, args.num_trainval, args.num_test, args.seed,
+                         (args.image_height, args.image_width))
+    except ValueError as e:
+        print(f"sample_data: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"sample_data: cannot write to {args.output_dir}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {stats['trainval']} trainval + {stats['test']} test images ({stats['objects']} objects, "
+          f"{stats['truncated']} truncated, {stats['difficult']} difficult) to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

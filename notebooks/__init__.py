@@ -1,0 +1,1 @@
+"""Notebook demo and its drawing helpers (``from notebooks import visualization``)."""
