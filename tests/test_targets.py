@@ -1,0 +1,184 @@
+"""tf_extended.targets: crafted matching cases and a slow replica of Caffe's MatchBBox loop."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_extended import boxes, targets
+
+
+def _caffe_reference(iou, gt_labels, valid, threshold, matching="caffe"):
+    """Slow, literal replica of Caffe's MatchBBox (bipartite + per-prediction) on an IoU matrix.
+
+    iou [G, A]; returns (labels [A], matched gt [A] or -1, scores [A]).
+    """
+    num_gt, num_anchors = iou.shape
+    match = [-1] * num_anchors
+    score = [0.0] * num_anchors
+    for a in range(num_anchors):
+        for g in range(num_gt):
+            if valid[g]:
+                score[a] = max(score[a], float(iou[g, a]))
+    if matching == "caffe":
+        pool = [g for g in range(num_gt) if valid[g]]
+        while pool:
+            best_a, best_g, best_v = -1, -1, -1.0
+            for a in range(num_anchors):  # anchors in order, then ground truths, strict '>'
+                if match[a] != -1:
+                    continue
+                for g in pool:
+                    v = float(iou[g, a])
+                    if v > 1e-6 and v > best_v:
+                        best_a, best_g, best_v = a, g, v
+            if best_a == -1:
+                break
+            match[best_a], score[best_a] = best_g, best_v
+            pool.remove(best_g)
+    for a in range(num_anchors):
+        if match[a] != -1:
+            continue
+        best_g, best_v = -1, -1.0
+        for g in range(num_gt):
+            v = float(iou[g, a])
+            # This project: '>' (Caffe: '>='), compared in float32 like the TF op.
+            if valid[g] and np.float32(v) > np.float32(threshold) and v > best_v:
+                best_g, best_v = g, v
+        match[a] = best_g
+    labels = [int(gt_labels[m]) if m >= 0 else 0 for m in match]
+    return np.array(labels), np.array(match), np.array(score, np.float32)
+
+
+def _grid_boxes(rng, num, cells=8):
+    y0 = rng.integers(0, cells - 1, num)
+    x0 = rng.integers(0, cells - 1, num)
+    y1 = np.minimum(y0 + rng.integers(1, 5, num), cells)
+    x1 = np.minimum(x0 + rng.integers(1, 5, num), cells)
+    return (np.stack([y0, x0, y1, x1], axis=1) / cells).astype(np.float32)
+
+
+def _check_against_reference(gt_labels, gt_bboxes, anchors, valid, matching, threshold=0.5, **kw):
+    labels, locs, scores = targets.encode_targets(gt_labels, gt_bboxes, anchors, matching=matching,
+                                                  match_threshold=threshold, **kw)
+    iou = boxes.iou(tf.constant(gt_bboxes), tf.constant(anchors)).numpy()
+    want_labels, want_match, want_scores = _caffe_reference(iou, gt_labels, valid, threshold, matching)
+    np.testing.assert_array_equal(labels.numpy(), want_labels)
+    np.testing.assert_array_equal(scores.numpy(), want_scores)
+    pos = want_match >= 0
+    # Localisation targets decode back to the matched box; zeros elsewhere.
+    np.testing.assert_allclose(boxes.decode(locs.numpy()[pos], anchors[pos]).numpy(),
+                               gt_bboxes[want_match[pos]], atol=1e-5)
+    assert not locs.numpy()[~pos].any()
+    return labels.numpy(), scores.numpy()
+
+
+def test_weak_ground_truth_still_gets_its_best_anchor():
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]], np.float32)
+    # gt: [0, 0, 0.3, 0.5] -> IoU 0.15/0.25 = 0.6 with anchor 0; [0.5, 0.5, 0.8, 0.7] -> 0.06/0.25 = 0.24
+    # with anchor 1 (its best; 0.06 with anchor 2).
+    gt = np.array([[0.0, 0.0, 0.3, 0.5], [0.5, 0.5, 0.8, 0.7]], np.float32)
+    lab = np.array([3, 7])
+    labels, scores = _check_against_reference(lab, gt, anchors, [True, True], "caffe")
+    assert labels.tolist() == [3, 7, 0]
+    np.testing.assert_allclose(scores, [0.6, 0.24, 0.15], rtol=1e-5)
+    labels, _ = _check_against_reference(lab, gt, anchors, [True, True], "original")
+    assert labels.tolist() == [3, 0, 0]  # the original loses the weak box
+
+
+def test_two_ground_truths_compete_for_one_anchor():
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.25, 0.5, 0.75], [0.5, 0.5, 1.0, 1.0]], np.float32)
+    # gt0 = anchor 0 shifted right by 0.05 -> IoU 0.225/0.275 = 0.818 with anchor 0, 0.15/0.35 = 3/7
+    # with anchor 1. gt1 = anchor 0 exactly -> IoU 1 with anchor 0: gt1 wins anchor 0, gt0 is forced
+    # onto anchor 1 although 3/7 < 0.5.
+    gt = np.array([[0.0, 0.05, 0.5, 0.55], [0.0, 0.0, 0.5, 0.5]], np.float32)
+    labels, scores = _check_against_reference(np.array([1, 2]), gt, anchors, [True, True], "caffe")
+    assert labels.tolist() == [2, 1, 0]
+    np.testing.assert_allclose(scores, [1.0, 3 / 7, 0.0], rtol=1e-5)
+    labels, _ = _check_against_reference(np.array([1, 2]), gt, anchors, [True, True], "original")
+    assert labels.tolist() == [2, 0, 0]
+
+
+def test_padding_zero_boxes_num_gt_and_difficult():
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0]], np.float32)
+    gt = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0]],
+                  np.float32)
+    lab = np.array([4, 9, 5, 6])
+    # Zero box (index 1) never matches; num_gt=3 drops the last one.
+    labels, _, scores = targets.encode_targets(lab, gt, anchors, num_gt=3)
+    assert labels.numpy().tolist() == [4, 5, 0]
+    assert labels.dtype == tf.int64 and scores.dtype == tf.float32
+    # Difficult boxes: their anchors are ignored (-1) only when asked.
+    diff = np.array([0, 0, 1, 0])
+    labels, _, _ = targets.encode_targets(lab, gt, anchors, gt_difficult=diff, ignore_difficult=True)
+    assert labels.numpy().tolist() == [4, -1, 6]
+    labels, _, _ = targets.encode_targets(lab, gt, anchors, gt_difficult=diff)
+    assert labels.numpy().tolist() == [4, 5, 6]
+    # No ground truth at all.
+    labels, locs, scores = targets.encode_targets(np.zeros([0], np.int64), np.zeros([0, 4], np.float32), anchors)
+    assert labels.numpy().tolist() == [0, 0, 0] and not locs.numpy().any() and not scores.numpy().any()
+
+
+def test_bad_matching_name():
+    with pytest.raises(ValueError, match="caffe, original"):
+        targets.encode_targets([1], [[0.0, 0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]], matching="hungarian")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_grid_cases_against_caffe_loop(seed):
+    # Grid boxes give exact IoUs, so many ties (equal IoU to several anchors / ground truths).
+    rng = np.random.default_rng(seed)
+    anchors = _grid_boxes(rng, 150)
+    num_gt = int(rng.integers(1, 12))
+    gt = _grid_boxes(rng, num_gt)
+    gt[rng.random(num_gt) < 0.15] = 0.0  # some zero boxes
+    lab = rng.integers(1, 21, num_gt)
+    valid = boxes.area(gt).numpy() > 0
+    for matching in ("caffe", "original"):
+        for thr in (0.5, 0.3):
+            _check_against_reference(lab, gt, anchors, valid, matching, threshold=thr)
+
+
+def test_random_continuous_many_gts_against_caffe_loop():
+    rng = np.random.default_rng(7)
+    yx = rng.uniform(0, 0.8, (300, 2))
+    anchors = np.concatenate([yx, yx + rng.uniform(0.05, 0.3, (300, 2))], 1).astype(np.float32)
+    yx = rng.uniform(0, 0.7, (40, 2))
+    gt = np.concatenate([yx, yx + rng.uniform(0.02, 0.3, (40, 2))], 1).astype(np.float32)
+    _check_against_reference(rng.integers(1, 21, 40), gt, anchors, [True] * 40, "caffe")
+
+
+def test_batch_matches_per_image_and_runs_in_tf_data():
+    rng = np.random.default_rng(11)
+    anchors = _grid_boxes(rng, 100)
+    sizes = [3, 0, 5]
+    gts = [_grid_boxes(rng, s) for s in sizes]
+    labs = [rng.integers(1, 5, s) for s in sizes]
+    pad_b = np.zeros([3, 6, 4], np.float32)
+    pad_l = np.zeros([3, 6], np.int64)
+    for i, (g, l) in enumerate(zip(gts, labs)):
+        pad_b[i, :len(g)] = g
+        pad_l[i, :len(l)] = l
+    pad_b[0, 5] = [0.0, 0.0, 0.5, 0.5]  # garbage past num_gt must be ignored
+    b_lab, b_loc, b_sc = tf.function(targets.batch_encode_targets)(pad_l, pad_b, anchors, num_gt=sizes)
+
+    def gen():
+        for g, l in zip(gts, labs):
+            yield l, g
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature=(
+        tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 4], tf.float32)))
+    ds = ds.map(lambda l, g: targets.encode_targets(l, g, anchors), num_parallel_calls=2)
+    for i, (lab, loc, sc) in enumerate(ds):
+        np.testing.assert_array_equal(lab.numpy(), b_lab[i].numpy())
+        np.testing.assert_allclose(loc.numpy(), b_loc[i].numpy(), atol=1e-6)
+        np.testing.assert_array_equal(sc.numpy(), b_sc[i].numpy())
+        iou = boxes.iou(tf.constant(gts[i].reshape(-1, 4)), tf.constant(anchors)).numpy()
+        want, _, _ = _caffe_reference(iou, labs[i], [True] * sizes[i], 0.5)
+        np.testing.assert_array_equal(lab.numpy(), want)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_more_ground_truths_than_anchors(seed):
+    # Heavy competition: 12 ground truths for 7 anchors, so some ground truths lose.
+    rng = np.random.default_rng(100 + seed)
+    anchors = _grid_boxes(rng, 7, cells=4)
+    gt = _grid_boxes(rng, 12, cells=4)
+    _check_against_reference(rng.integers(1, 21, 12), gt, anchors, [True] * 12, "caffe")

@@ -1,0 +1,221 @@
+"""SSD training targets: match ground-truth boxes to anchors and encode them.
+
+Two matching recipes are available:
+
+* ``matching='caffe'`` (default), Caffe SSD's ``MultiBoxLoss`` with ``match_type:
+  PER_PREDICTION``, the recipe behind the published VOC07 numbers:
+
+  1. *Bipartite step.* Each ground truth takes one anchor. Caffe does this greedily: it
+     repeatedly takes the (ground truth, anchor) pair with the highest IoU among unmatched
+     ground truths and unmatched anchors, over pairs with IoU > 1e-6 (Caffe only stores
+     overlaps above 1e-6), until no such pair is left. Equal IoUs go to the lower anchor
+     index, then to the lower ground-truth index (Caffe scans anchors, then ground truths, in
+     order, with a strict ``>``). So a ground truth whose best IoU is 0.3 still gets a
+     positive anchor, and two ground truths competing for one anchor are resolved by IoU.
+  2. *Per-prediction step.* Every anchor not matched in step 1 whose best IoU is
+     ``> match_threshold`` takes its best ground truth (ties: lower ground-truth index).
+     Caffe writes ``>=`` here; this project's contract (docs/DESIGN.md §7) says ``>``. The two
+     differ only for an IoU exactly equal to the threshold.
+
+* ``matching='original'``, balancap/SSD-Tensorflow's encoder: each anchor takes its max-IoU
+  ground truth (ties: the earlier one) and is positive when that IoU is ``> match_threshold``.
+  There is no bipartite step, so a ground truth whose best IoU is <= 0.5 gets no positive.
+
+Boxes are ``(ymin, xmin, ymax, xmax)``, normalized; localisation targets are Caffe's
+``(x, y, w, h)`` offsets from :func:`tf_extended.boxes.encode`.
+
+The step 1 implementation matches, in parallel, every pair that is the best of both its
+row (ground truth) and its column (anchor) among what is still unmatched, and repeats. With
+a strict total order on pairs (IoU desc, anchor asc, ground truth asc) this gives exactly
+the same matching as the sequential greedy loop, usually in one or two rounds; each round
+only looks at the G best anchors of each ground truth (no ground truth can lose more than
+G - 1 of them before it is matched).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from tf_extended import boxes as tfe_boxes
+
+# Caffe's MatchBBox keeps only overlaps above 1e-6 as matching candidates (bbox_util.cpp).
+_CAFFE_MIN_OVERLAP = 1e-6
+
+MATCHING_MODES = ("caffe", "original")
+
+
+def _bipartite_match(iou: tf.Tensor, num_candidates: int | tf.Tensor) -> tf.Tensor:
+    """Caffe's greedy bipartite step.
+
+    Args:
+      iou: [N, G, A] float32; rows of invalid ground truths hold -1.
+      num_candidates: min(G, A), the number of best anchors kept per ground truth.
+
+    Returns:
+      [N, G] int32: the anchor each ground truth took, or -1.
+    """
+    shape = tf.shape(iou)
+    num_gt = shape[1]
+    cand_val, cand_idx = tf.math.top_k(iou, k=num_candidates)  # [N, G, K], (value desc, index asc)
+    candidate = cand_val > _CAFFE_MIN_OVERLAP
+    k_range = tf.range(tf.shape(cand_idx)[2])
+    g_range = tf.range(num_gt)
+    # beats_tie[g', g]: ground truth g' wins a tie against g on the same anchor (lower index).
+    lower_gt = g_range[:, tf.newaxis] < g_range[tf.newaxis, :]
+
+    def body(open_gt, taken, forced, _):
+        eligible = candidate & ~taken & open_gt[:, :, tf.newaxis]
+        num_k = tf.shape(cand_idx)[2]
+        first = tf.reduce_min(tf.where(eligible, k_range, num_k), axis=2)  # [N, G]
+        has = first < num_k
+        first = tf.minimum(first, num_k - 1)
+        best_anchor = tf.gather(cand_idx, first, batch_dims=2)  # [N, G]: row best
+        best_val = tf.gather(cand_val, first, batch_dims=2)
+        col = tf.gather(iou, best_anchor, axis=2, batch_dims=1)  # [N, G', G] = iou[g', best_anchor[g]]
+        ref = best_val[:, tf.newaxis, :]
+        beaten = open_gt[:, :, tf.newaxis] & ((col > ref) | ((col == ref) & lower_gt))
+        dominant = has & ~tf.reduce_any(beaten, axis=1)  # best of its row and of its column
+        forced = tf.where(dominant, best_anchor, forced)
+        open_gt = open_gt & ~dominant
+        new_anchor = tf.where(dominant, best_anchor, -1)  # [N, G]
+        taken = taken | tf.reduce_any(
+            cand_idx[:, :, :, tf.newaxis] == new_anchor[:, tf.newaxis, tf.newaxis, :], axis=-1)
+        return open_gt, taken, forced, tf.reduce_any(has)
+
+    open_gt = tf.reduce_any(candidate, axis=2)
+    taken = tf.zeros_like(candidate)
+    forced = -tf.ones(shape[:2], tf.int32)
+    _, _, forced, _ = tf.while_loop(
+        lambda o, t, f, active: active, body,
+        (open_gt, taken, forced, tf.constant(True)),
+        maximum_iterations=num_gt + 1)
+    return forced
+
+
+def batch_encode_targets(gt_labels: tf.Tensor,
+                         gt_bboxes: tf.Tensor,
+                         anchors: tf.Tensor,
+                         num_gt: tf.Tensor | None = None,
+                         gt_difficult: tf.Tensor | None = None,
+                         matching: str = "caffe",
+                         match_threshold: float = 0.5,
+                         ignore_difficult: bool = False,
+                         prior_scaling: Sequence[float] = tfe_boxes.DEFAULT_PRIOR_SCALING,
+                         ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Encode padded ground truth of a batch against all anchors at once.
+
+    Args:
+      gt_labels: [N, G] int, 1..C-1 (padding: anything).
+      gt_bboxes: [N, G, 4] ``(ymin, xmin, ymax, xmax)`` normalized; boxes of zero area
+        (e.g. zero padding) never match.
+      anchors: [A, 4] ``(ymin, xmin, ymax, xmax)`` normalized, as ``net.anchors()``.
+      num_gt: optional [N] int, the number of real boxes per image (the rest is padding).
+      gt_difficult: optional [N, G] bool/int, VOC's difficult flags.
+      matching: 'caffe' (bipartite + per-prediction) or 'original' (per-prediction only).
+      match_threshold: an anchor is positive when its IoU is > this (Caffe: 0.5).
+      ignore_difficult: anchors matched to a difficult box get label -1 (ignored by the loss).
+      prior_scaling: Caffe's prior variances ``(x, y, w, h)``.
+
+    Returns:
+      ``(labels int64 [N, A], localisations float32 [N, A, 4], scores float32 [N, A])``.
+      labels: the matched ground truth's label, 0 = background (a negative candidate when
+      its score is below the threshold), -1 = ignored. localisations: Caffe ``(x, y, w, h)``
+      offsets of the matched ground truth, zeros for unmatched anchors. scores: IoU with the
+      matched ground truth, or the best IoU over all ground truths for unmatched anchors
+      (0 when there is none).
+    """
+    if matching not in MATCHING_MODES:
+        raise ValueError(f"matching={matching!r}; valid values: {', '.join(MATCHING_MODES)}.")
+    gt_bboxes = tf.cast(tf.convert_to_tensor(gt_bboxes), tf.float32)
+    gt_labels = tf.cast(tf.convert_to_tensor(gt_labels), tf.int64)
+    anchors = tf.cast(tf.convert_to_tensor(anchors), tf.float32)
+    if gt_difficult is None:
+        gt_difficult = tf.zeros_like(gt_labels, tf.bool)
+    else:
+        gt_difficult = tf.cast(tf.convert_to_tensor(gt_difficult), tf.bool)
+    # Append one always-invalid (zero) ground truth: every gather below stays in range,
+    # also for images (or batches) without any box.
+    gt_bboxes = tf.pad(gt_bboxes, [[0, 0], [0, 1], [0, 0]])
+    gt_labels = tf.pad(gt_labels, [[0, 0], [0, 1]])
+    gt_difficult = tf.pad(gt_difficult, [[0, 0], [0, 1]])
+    static_g = gt_bboxes.shape[1]
+    num_slots = tf.shape(gt_bboxes)[1]
+    g_range = tf.range(num_slots)
+
+    valid = tfe_boxes.area(gt_bboxes) > 0.0  # [N, G+1]
+    if num_gt is not None:
+        num_gt = tf.cast(tf.reshape(num_gt, [-1]), tf.int32)
+        valid = valid & (g_range[tf.newaxis, :] < num_gt[:, tf.newaxis])
+
+    iou = tfe_boxes.iou(gt_bboxes, anchors)  # [N, G+1, A]
+    iou = tf.where(valid[:, :, tf.newaxis], iou, -1.0)
+
+    # Per anchor: best ground truth, ties to the lower index (explicit, tf.argmax does not promise it).
+    best_iou = tf.reduce_max(iou, axis=1)  # [N, A]
+    best_gt = tf.reduce_min(
+        tf.where(iou == best_iou[:, tf.newaxis, :], g_range[tf.newaxis, :, tf.newaxis], num_slots), axis=1)
+    best_iou = tf.maximum(best_iou, 0.0)
+    assigned = tf.where(best_iou > match_threshold, best_gt, -1)  # [N, A]
+    scores = best_iou
+
+    if matching == "caffe":
+        num_anchors = anchors.shape[0]
+        if static_g is not None and num_anchors is not None:
+            num_candidates = min(static_g, num_anchors)
+        else:
+            num_candidates = tf.minimum(num_slots, tf.shape(anchors)[0])
+        forced = _bipartite_match(iou, num_candidates)  # [N, G+1]
+        a_range = tf.range(tf.shape(anchors)[0])
+        forced_hit = forced[:, :, tf.newaxis] == a_range[tf.newaxis, tf.newaxis, :]  # [N, G+1, A]
+        forced_gt = tf.reduce_max(tf.where(forced_hit, g_range[tf.newaxis, :, tf.newaxis], -1), axis=1)
+        is_forced = forced_gt >= 0
+        assigned = tf.where(is_forced, forced_gt, assigned)
+        forced_iou = tf.reduce_max(tf.where(forced_hit, iou, -1.0), axis=1)
+        scores = tf.where(is_forced, forced_iou, scores)
+
+    matched = assigned >= 0
+    safe = tf.maximum(assigned, 0)
+    labels = tf.where(matched, tf.gather(gt_labels, safe, batch_dims=1), tf.zeros_like(gt_labels[:, :1]))
+    if ignore_difficult:
+        difficult = tf.gather(gt_difficult, safe, batch_dims=1) & matched
+        labels = tf.where(difficult, tf.constant(-1, tf.int64), labels)
+    matched_boxes = tf.gather(gt_bboxes, safe, batch_dims=1)  # [N, A, 4]
+    localisations = tfe_boxes.encode(matched_boxes, anchors, prior_scaling)
+    localisations = tf.where(matched[:, :, tf.newaxis], localisations, 0.0)
+    return labels, localisations, scores
+
+
+def encode_targets(gt_labels: tf.Tensor,
+                   gt_bboxes: tf.Tensor,
+                   anchors: tf.Tensor,
+                   num_gt: tf.Tensor | None = None,
+                   gt_difficult: tf.Tensor | None = None,
+                   matching: str = "caffe",
+                   match_threshold: float = 0.5,
+                   ignore_difficult: bool = False,
+                   prior_scaling: Sequence[float] = tfe_boxes.DEFAULT_PRIOR_SCALING,
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Encode one image's ground truth against all anchors (usable inside ``tf.data.map``).
+
+    Args:
+      gt_labels: [G] int, 1..C-1.
+      gt_bboxes: [G, 4] ``(ymin, xmin, ymax, xmax)`` normalized; G may be 0 or unknown.
+      anchors: [A, 4] ``(ymin, xmin, ymax, xmax)`` normalized.
+      num_gt: optional scalar, the number of real boxes when the rest is padding.
+      gt_difficult, matching, match_threshold, ignore_difficult, prior_scaling: see
+        :func:`batch_encode_targets`.
+
+    Returns:
+      ``(labels int64 [A], localisations float32 [A, 4], scores float32 [A])``, see
+      :func:`batch_encode_targets`.
+    """
+    gt_labels = tf.convert_to_tensor(gt_labels)
+    gt_bboxes = tf.convert_to_tensor(gt_bboxes)
+    labels, localisations, scores = batch_encode_targets(
+        gt_labels[tf.newaxis], gt_bboxes[tf.newaxis], anchors,
+        num_gt=None if num_gt is None else tf.reshape(num_gt, [1]),
+        gt_difficult=None if gt_difficult is None else tf.convert_to_tensor(gt_difficult)[tf.newaxis],
+        matching=matching, match_threshold=match_threshold,
+        ignore_difficult=ignore_difficult, prior_scaling=prior_scaling)
+    return labels[0], localisations[0], scores[0]
