@@ -55,7 +55,6 @@ __all__ = [
     "infer_num_classes",
     "prior_box_specs",
     "anchor_params_from_prior_boxes",
-    "prior_boxes_numpy",
     "check_conv_geometry",
 ]
 
@@ -511,35 +510,244 @@ def anchor_params_from_prior_boxes(params: Any, specs: Sequence[PriorBoxSpec],
         prior_scaling=tuple(float(v) for v in variance), anchor_preset=preset)
 
 
-def prior_boxes_numpy(spec: PriorBoxSpec, feat_shape: Sequence[int],
-                      img_shape: Sequence[int]) -> np.ndarray:
-    """Caffe PriorBoxLayer::Forward_cpu in NumPy: [h * w * A, 4] (xmin, ymin, xmax, ymax).
+# ----------------------------------------------------------------------------------------
+# The whole conversion
+# ----------------------------------------------------------------------------------------
 
-    Normalized to the image, in Caffe's (row, column, prior) order. A slow, loop-based
-    reference for tests and for ``--verify``-style comparisons; follows Caffe's int cast of
-    min_size/max_size and its ``clip`` flag.
+def check_normalize_layers(layers: Sequence[caffe_pb.CaffeLayer], source: str) -> list[str]:
+    """Normalize layers must normalize across channels at each position (across_spatial:
+    false), as the TF ``L2Normalization`` does; returns the mismatches."""
+    issues = []
+    for layer in layers:
+        if layer.type == "Normalize" and layer.param.HasField("norm_param"):
+            if layer.param.norm_param.across_spatial:
+                issues.append(f"{source}: Normalize layer '{layer.name}' has across_spatial: "
+                              f"true; the TF net normalizes each position across channels")
+    return issues
+
+
+def default_output_path(caffemodel_path: str | os.PathLike) -> str:
+    """``X.caffemodel`` -> ``X.ckpt`` (same directory)."""
+    root, ext = os.path.splitext(os.fspath(caffemodel_path))
+    return (root if ext == ".caffemodel" else os.fspath(caffemodel_path)) + ".ckpt"
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What :func:`convert_caffemodel` did.
+
+    Attributes:
+      output_path: the checkpoint prefix written (``X.ckpt``; files ``X.ckpt.index``,
+        ``X.ckpt.data-00000-of-00001`` and the metadata sidecar ``X.ckpt.ssd.json``).
+      params: the SSDParams the net was built with (anchors from the PriorBox layers).
+      anchor_source: where the anchors came from (a prototxt, the caffemodel, or defaults).
+      num_variables: TF variables written; num_layers: Caffe layers with weights used.
+      warnings: geometry / normalization mismatches found (also logged).
     """
-    feat_h, feat_w = int(feat_shape[0]), int(feat_shape[1])
-    img_h, img_w = spec.img_size if spec.img_size else (int(img_shape[0]), int(img_shape[1]))
-    step_h, step_w = spec.step if spec.step else (img_h / feat_h, img_w / feat_w)
-    out = []
-    for hh in range(feat_h):
-        for ww in range(feat_w):
-            cx = (ww + spec.offset) * step_w
-            cy = (hh + spec.offset) * step_h
-            for s, min_size_f in enumerate(spec.min_sizes):
-                min_size = int(min_size_f)
-                boxes = [(min_size, min_size)]
-                if spec.max_sizes:
-                    max_size = int(spec.max_sizes[s])
-                    side = math.sqrt(min_size * max_size)
-                    boxes.append((side, side))
-                for ar in spec.aspect_ratios:
-                    boxes.append((min_size * math.sqrt(ar), min_size / math.sqrt(ar)))
-                for bw, bh in boxes:
-                    out.append(((cx - bw / 2.0) / img_w, (cy - bh / 2.0) / img_h,
-                                (cx + bw / 2.0) / img_w, (cy + bh / 2.0) / img_h))
-    boxes_np = np.asarray(out, dtype=np.float64).reshape(-1, 4)
-    if spec.clip:
-        boxes_np = np.clip(boxes_np, 0.0, 1.0)
-    return boxes_np.astype(np.float32)
+
+    output_path: str
+    params: Any
+    anchor_source: str
+    num_variables: int
+    num_layers: int
+    warnings: list[str]
+
+
+def build_params(model_name: str, caffe_net: Any, layers: Sequence[caffe_pb.CaffeLayer],
+                 num_classes: int | None = None, prototxt_net: Any = None,
+                 caffemodel_path: str = "caffemodel",
+                 prototxt_path: str = "prototxt") -> tuple[Any, str]:
+    """The SSDParams of a Caffe SSD model: the registry defaults of ``model_name`` with the
+    anchors of the PriorBox layers and the class count of the ``_mbox_conf`` layers.
+
+    The PriorBox layers are taken from ``prototxt_net`` when given, else from the caffemodel
+    (Caffe stores every layer's parameters in the .caffemodel), else the defaults stay (and a
+    warning is logged). Returns ``(params, anchor_source)``.
+
+    Raises:
+      CaffeConversionError: the prototxt is for another input size or has no PriorBox layer,
+        or ``num_classes`` disagrees with the caffemodel.
+    """
+    from nets import nets_factory  # lazy: the mapping functions above need no TensorFlow
+
+    params = nets_factory.get_network(model_name).default_params
+    img_h, img_w = params.img_shape
+    specs: list[PriorBoxSpec] = []
+    anchor_source = ""
+    if prototxt_net is not None:
+        shape = caffe_pb.net_input_shape(prototxt_net)
+        if shape is not None and len(shape) == 4 and tuple(shape[2:]) != (img_h, img_w):
+            raise CaffeConversionError(
+                f"{prototxt_path}: input is {shape[2]}x{shape[3]}, but {model_name} takes "
+                f"{img_h}x{img_w}")
+        specs = prior_box_specs(prototxt_net, source=prototxt_path)
+        if not specs:
+            raise CaffeConversionError(f"{prototxt_path}: no PriorBox layer; give the model's "
+                                       f"deploy.prototxt")
+        anchor_source = prototxt_path
+        params = anchor_params_from_prior_boxes(params, specs, source=prototxt_path)
+    else:
+        specs = prior_box_specs(caffe_net, source=caffemodel_path)
+        if specs:
+            anchor_source = f"{caffemodel_path} (its PriorBox layers)"
+            params = anchor_params_from_prior_boxes(params, specs, source=caffemodel_path)
+        else:
+            # Caffe truncates PriorBox sizes to ints: use the '_caffe' twin of the default.
+            table = ssd_params_lib.ANCHOR_PRESETS.get(tuple(params.img_shape), {})
+            caffe_preset = params.anchor_preset + "_caffe"
+            if caffe_preset in table and table[caffe_preset] != params.anchor_sizes:
+                params = params.with_anchor_preset(caffe_preset)
+            anchor_source = f"{model_name} defaults (preset {params.anchor_preset!r})"
+            _LOG.warning("%s has no PriorBox layers and no prototxt was given: using the %s "
+                         "anchors (preset %r); give the model's deploy.prototxt if they differ",
+                         caffemodel_path, model_name, params.anchor_preset)
+
+    inferred = infer_num_classes(layers, params.num_anchors_per_location, params.feat_layers,
+                                 params.normalizations)
+    if num_classes is not None and inferred is not None and num_classes != inferred:
+        first = _feature_source(params.feat_layers[0], params.normalizations[0] > 0)
+        raise CaffeConversionError(
+            f"{caffemodel_path}: num_classes is {num_classes}, but layer '{first}_mbox_conf' "
+            f"has {inferred * params.num_anchors_per_location[0]} outputs = "
+            f"{params.num_anchors_per_location[0]} anchors x {inferred} classes")
+    if num_classes is None:
+        num_classes = inferred if inferred is not None else params.num_classes
+    params = dataclasses.replace(params, num_classes=int(num_classes),
+                                 no_annotation_label=int(num_classes))
+    return params, anchor_source
+
+
+def convert_caffemodel(model_name: str, caffemodel_path: str | os.PathLike,
+                       output_path: str | os.PathLike | None = None,
+                       num_classes: int | None = None,
+                       prototxt_path: str | os.PathLike | None = None) -> tuple[Any, ConversionReport]:
+    """Convert a Caffe SSD .caffemodel into this project's TF1-format checkpoint.
+
+    Builds the ``model_name`` net with the model's anchors and class count
+    (:func:`build_params`), fills every variable from its Caffe layer
+    (:func:`convert_weights`) and writes it with ``net.save_checkpoint`` (TF-Slim names and
+    the ``<prefix>.ssd.json`` sidecar that records the anchors, so eval and the notebook
+    rebuild the same net).
+
+    Args:
+      model_name: 'ssd_300_vgg' or 'ssd_512_vgg'.
+      caffemodel_path: the binary .caffemodel.
+      output_path: checkpoint prefix; ``X.ckpt`` next to ``X.caffemodel`` when None.
+      num_classes: classes incl. background; inferred from the ``_mbox_conf`` layers when None.
+      prototxt_path: the model's deploy.prototxt, for the PriorBox parameters (optional).
+
+    Returns:
+      ``(net, report)``: the converted net (ready to run) and a :class:`ConversionReport`.
+
+    Raises:
+      caffe_pb.CaffeFormatError: an unreadable file. CaffeConversionError: a model that does
+      not fit (messages name the file and the Caffe layer).
+    """
+    caffemodel_path = os.fspath(caffemodel_path)
+    output_path = os.fspath(output_path) if output_path else default_output_path(caffemodel_path)
+    caffe_net, layers = caffe_pb.read_caffemodel(caffemodel_path)
+    prototxt_net = None
+    if prototxt_path is not None:
+        prototxt_path = os.fspath(prototxt_path)
+        prototxt_net = caffe_pb.parse_prototxt(prototxt_path)
+    params, anchor_source = build_params(
+        model_name, caffe_net, layers, num_classes=num_classes, prototxt_net=prototxt_net,
+        caffemodel_path=caffemodel_path, prototxt_path=prototxt_path or "prototxt")
+
+    warnings = check_conv_geometry(layers, params, source=caffemodel_path)
+    if prototxt_net is not None:
+        proto_layers = caffe_pb.net_layers(prototxt_net, source=prototxt_path, with_blobs=False)
+        warnings += check_conv_geometry(proto_layers, params, source=prototxt_path)
+        warnings += check_normalize_layers(proto_layers, prototxt_path)
+    warnings += check_normalize_layers(layers, caffemodel_path)
+    for message in warnings:
+        _LOG.warning("%s: the converted net will compute something else", message)
+
+    from nets import nets_factory
+
+    net = nets_factory.get_network(model_name)(params)
+    variables = net.variables_by_checkpoint_name()
+    values = convert_weights(layers, {name: tuple(v.shape) for name, v in variables.items()},
+                             model_scope=net.model_name, source=caffemodel_path)
+    for name, var in variables.items():
+        var.assign(values[name])
+    out_dir = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(out_dir, exist_ok=True)
+    written = net.save_checkpoint(output_path)
+    num_layers = len({caffe_source_of(name, net.model_name)[0] for name in values})
+    report = ConversionReport(output_path=written, params=params, anchor_source=anchor_source,
+                              num_variables=len(values), num_layers=num_layers,
+                              warnings=warnings)
+    return net, report
+
+
+# ----------------------------------------------------------------------------------------
+# Verification against outputs saved from Caffe
+# ----------------------------------------------------------------------------------------
+
+def caffe_input_to_tf(data: np.ndarray) -> np.ndarray:
+    """Caffe's input blob [N, 3, H, W] (BGR, mean-subtracted) -> this project's [N, H, W, 3] RGB."""
+    data = np.asarray(data, dtype=np.float32)
+    return np.ascontiguousarray(data.transpose(0, 2, 3, 1)[..., ::-1])
+
+
+def verify_against_caffe(net: Any, npz_path: str | os.PathLike) -> dict[str, tuple[float, float]]:
+    """Run ``net`` on the input saved from Caffe and compare with Caffe's saved outputs.
+
+    The .npz holds Caffe blobs by their SSD deploy.prototxt names:
+      ``data`` (required): the input blob as Caffe ran it, [N, 3, H, W], BGR, mean-subtracted;
+      ``mbox_loc``: [N, num_anchors * 4], the concatenated loc outputs;
+      ``mbox_conf``: [N, num_anchors * num_classes], the concatenated conf logits;
+      ``mbox_conf_flatten``: the softmax probabilities (same shape), optional;
+      ``mbox_priorbox``: [1, 2, num_anchors * 4], priors (xmin, ymin, xmax, ymax) then
+      variances, optional.
+    At least one of the output blobs must be present.
+
+    Returns:
+      blob name -> (largest |TF - Caffe|, largest |Caffe|) for each blob compared.
+
+    Raises:
+      CaffeConversionError: a missing ``data`` blob, no output blob, or a shape that does not
+      fit the net (the message names the blob).
+    """
+    npz_path = os.fspath(npz_path)
+    try:
+        ref = dict(np.load(npz_path))
+    except (OSError, ValueError) as e:
+        raise CaffeConversionError(f"{npz_path}: cannot read as .npz: {e}") from None
+    if "data" not in ref:
+        raise CaffeConversionError(f"{npz_path}: no 'data' array (Caffe's input blob, "
+                                   f"[N, 3, H, W] BGR mean-subtracted)")
+    data = ref["data"]
+    img_h, img_w = net.params.img_shape
+    if data.ndim != 4 or data.shape[1] != 3 or tuple(data.shape[2:]) != (img_h, img_w):
+        raise CaffeConversionError(f"{npz_path}: 'data' has shape {list(data.shape)}, expected "
+                                   f"[N, 3, {img_h}, {img_w}]")
+    compared = [k for k in ("mbox_loc", "mbox_conf", "mbox_conf_flatten", "mbox_priorbox")
+                if k in ref]
+    if not compared:
+        raise CaffeConversionError(f"{npz_path}: none of mbox_loc, mbox_conf, "
+                                   f"mbox_conf_flatten, mbox_priorbox to compare with")
+    n = data.shape[0]
+    flat = net.flat_outputs(net.inference(caffe_input_to_tf(data)))
+    ours = {
+        "mbox_loc": np.asarray(flat["localisations"]).reshape(n, -1),
+        "mbox_conf": np.asarray(flat["logits"]).reshape(n, -1),
+        "mbox_conf_flatten": np.asarray(flat["predictions"]).reshape(n, -1),
+    }
+    anchors = np.asarray(net.anchors())
+    # Caffe priors are (xmin, ymin, xmax, ymax); ours (ymin, xmin, ymax, xmax).
+    ours["mbox_priorbox"] = np.stack([
+        anchors[:, [1, 0, 3, 2]].reshape(-1),
+        np.tile(np.asarray(net.params.prior_scaling, np.float32), len(anchors))])[None]
+    result = {}
+    for key in compared:
+        theirs = np.asarray(ref[key], dtype=np.float32)
+        mine = ours[key]
+        if key != "mbox_priorbox":
+            theirs = theirs.reshape(theirs.shape[0], -1) if theirs.ndim else theirs
+        if theirs.shape != mine.shape:
+            raise CaffeConversionError(f"{npz_path}: '{key}' has shape {list(theirs.shape)}, the "
+                                       f"converted net gives {list(mine.shape)}")
+        result[key] = (float(np.max(np.abs(mine - theirs))), float(np.max(np.abs(theirs))))
+    return result

@@ -1,0 +1,493 @@
+"""Checkpoint I/O by TF-Slim variable names (DESIGN.md §4) and the metadata sidecar (§8).
+
+Formats read by :func:`load_checkpoint`:
+  * TF1 name-based checkpoints (``.index`` + ``.data-*``), as written by TF-Slim/``Saver``, by
+    balancap/SSD-Tensorflow (the published ``ssd_300_vgg.ckpt``), by ``caffe_to_tensorflow.py``
+    and by :func:`save_checkpoint`: variables are matched by their TF-Slim names
+    (``ssd_300_vgg/conv1/conv1_1/weights`` ...; see ``net.checkpoint_name_map()``).
+  * TF-Slim's ImageNet ``vgg_16.ckpt`` with ``model_scope='vgg_16'``: conv1..conv5 by name,
+    fc6/fc7 decimated into conv6/conv7 (:func:`decimate_fc6`, :func:`decimate_fc7`).
+  * This project's training checkpoints, object-based ``tf.train.Checkpoint(model=net, ...)``
+    (the net under the key ``'model'``, :data:`TRAINING_CHECKPOINT_KEY`): their variables are
+    matched through the Keras paths the object graph records, then handled by TF-Slim name
+    like TF1 checkpoints (exclusions, error lists); the optimizer state is not read here.
+
+A path may be a checkpoint prefix (``dir/model.ckpt``), one of its files
+(``dir/model.ckpt.index``) or a directory (its latest checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import uuid
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from nets import ssd_params as ssd_params_lib
+from nets.ssd_params import SSDParams
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".ssd.json"
+# Key of the net inside the trainer's object-based tf.train.Checkpoint(model=net, ...).
+TRAINING_CHECKPOINT_KEY = "model"
+# TF-Slim scope of the ImageNet VGG-16 checkpoint (vgg_16.ckpt from TF-Slim's model zoo).
+VGG16_SCOPE = "vgg_16"
+# Variables of vgg_16.ckpt that an SSD net does not use (ImageNet classifier, bookkeeping).
+_VGG16_UNUSED = ("vgg_16/fc8", "vgg_16/mean_rgb", "global_step")
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_MAX_LISTED = 30
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's variables do not match the net's; the lists say which, by name.
+
+    Attributes:
+      missing: net variables (TF-Slim names) absent from the checkpoint.
+      unexpected: checkpoint variables of the model's scope that the net does not have.
+      wrong_shape: (name, checkpoint shape, net shape) triples.
+    """
+
+    def __init__(self, message: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+                 wrong_shape: Sequence[tuple[str, tuple, tuple]] = ()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.wrong_shape = list(wrong_shape)
+
+
+# -- paths ---------------------------------------------------------------------------------
+
+def resolve_checkpoint(path: str) -> str:
+    """Checkpoint prefix for ``path`` (a prefix, one of its files, or a directory).
+
+    A directory gives its latest checkpoint: the one named by its ``checkpoint`` state file,
+    else the newest ``*.index``. Raises FileNotFoundError naming ``path`` when none exists.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix and os.path.exists(prefix + ".index"):
+            return prefix
+        indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index")),
+                         key=os.path.getmtime)
+        if not indexes:
+            raise FileNotFoundError(f"{path}: directory holds no checkpoint (no *.index file).")
+        return indexes[-1][: -len(".index")]
+    for suffix in (".index", SIDECAR_SUFFIX):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+    if ".data-" in os.path.basename(path):
+        path = path[: path.rindex(".data-")]
+    if not os.path.exists(path + ".index"):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: not a TF checkpoint (no {path}.index next to it).")
+        raise FileNotFoundError(f"{path}: checkpoint not found (no {path}.index).")
+    return path
+
+
+# -- metadata sidecar ----------------------------------------------------------------------
+
+def metadata_for(model_name: str, params: SSDParams) -> dict[str, Any]:
+    """The sidecar dict (DESIGN.md §8) for a net ``model_name`` built from ``params``."""
+    return {
+        "model_name": model_name,
+        "num_classes": int(params.num_classes),
+        "anchor_preset": params.anchor_preset,
+        "img_shape": [int(s) for s in params.img_shape],
+        "anchor_sizes": [list(map(float, s)) for s in params.anchor_sizes],
+        "anchor_ratios": [list(map(float, r)) for r in params.anchor_ratios],
+        "anchor_steps": [float(s) for s in params.anchor_steps],
+        "anchor_offset": float(params.anchor_offset),
+        # Not in the §8 minimum, but needed to decode boxes without the defaults.
+        "prior_scaling": [float(s) for s in params.prior_scaling],
+    }
+
+
+def write_metadata(prefix: str, model_name: str, params: SSDParams) -> str:
+    """Write ``<prefix>.ssd.json`` atomically; returns its path."""
+    path = prefix + SIDECAR_SUFFIX
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(metadata_for(model_name, params), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(prefix: str) -> Optional[dict[str, Any]]:
+    """The sidecar of a checkpoint (prefix, file or directory) as a dict; None when absent."""
+    try:
+        prefix = resolve_checkpoint(prefix)
+    except FileNotFoundError:
+        pass
+    path = prefix + SIDECAR_SUFFIX
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable checkpoint metadata ({err}).") from None
+    if not isinstance(data, dict) or "model_name" not in data:
+        raise ValueError(f"{path}: checkpoint metadata lacks 'model_name'.")
+    return data
+
+
+def params_from_metadata(metadata: Mapping[str, Any], base: SSDParams) -> SSDParams:
+    """``base`` (the network's default params) updated with a sidecar's values."""
+    params = base
+    if "img_shape" in metadata and tuple(metadata["img_shape"]) != tuple(params.img_shape):
+        params = params.with_img_shape(metadata["img_shape"])
+    if "num_classes" in metadata:
+        n = int(metadata["num_classes"])
+        params = dataclasses.replace(params, num_classes=n, no_annotation_label=n)
+    preset = metadata.get("anchor_preset")
+    if preset and preset != ssd_params_lib.CUSTOM_PRESET and \
+            preset in ssd_params_lib.ANCHOR_PRESETS.get(tuple(params.img_shape), {}):
+        params = params.with_anchor_preset(preset)
+    else:
+        replace = {"anchor_preset": ssd_params_lib.CUSTOM_PRESET}
+        if "anchor_sizes" in metadata:
+            replace["anchor_sizes"] = tuple(tuple(s) for s in metadata["anchor_sizes"])
+        params = dataclasses.replace(params, **replace)
+    replace = {}
+    for key in ("anchor_ratios", "anchor_steps", "anchor_offset", "prior_scaling"):
+        if key in metadata:
+            value = metadata[key]
+            if key == "anchor_ratios":
+                value = tuple(tuple(r) for r in value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            replace[key] = value
+    return dataclasses.replace(params, **replace)
+
+
+def infer_num_classes(path: str, model_name: str) -> Optional[int]:
+    """Number of classes of a TF1 checkpoint's first class head, or None if it has none."""
+    from nets import nets_factory
+
+    prefix = resolve_checkpoint(path)
+    reader = tf.train.load_checkpoint(prefix)
+    params = nets_factory.get_network(model_name).default_params
+    name = f"{model_name}/{params.feat_layers[0]}_box/conv_cls/biases"
+    if not reader.has_tensor(name):
+        return None
+    size = reader.get_variable_to_shape_map()[name][0]
+    return size // params.num_anchors_per_location[0]
+
+
+def checkpoint_params(path: str, model_name: Optional[str] = None,
+                      num_classes: Optional[int] = None,
+                      anchor_preset: Optional[str] = None) -> tuple[str, SSDParams]:
+    """``(model_name, params)`` to build a net that loads the checkpoint at ``path``.
+
+    Each value comes from the argument when given, else the checkpoint's sidecar, else (for
+    checkpoints without one, such as the published ``ssd_300_vgg.ckpt``) the checkpoint's
+    variables (model scope, class-head size), else the network defaults. Note that a
+    checkpoint without a sidecar cannot tell its anchor preset: the published
+    ``ssd_300_vgg.ckpt`` needs ``anchor_preset='coco_ft'``.
+    """
+    from nets import nets_factory
+
+    prefix = resolve_checkpoint(path)
+    metadata = read_metadata(prefix) or {}
+    if model_name is None:
+        model_name = metadata.get("model_name")
+    if model_name is None:
+        scopes = _scopes_in(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+        known = [s for s in scopes if s in nets_factory.network_names()]
+        model_name = known[0] if known else "ssd_300_vgg"
+    base = nets_factory.get_network(model_name).default_params
+    params = params_from_metadata(metadata, base) if metadata else base
+    if num_classes is None and "num_classes" not in metadata:
+        num_classes = infer_num_classes(prefix, model_name)
+    if num_classes is not None:
+        params = dataclasses.replace(params, num_classes=int(num_classes),
+                                     no_annotation_label=int(num_classes))
+    if anchor_preset is not None:
+        params = params.with_anchor_preset(anchor_preset)
+    return model_name, params
+
+
+# -- saving --------------------------------------------------------------------------------
+
+def save_checkpoint(net, path: str) -> str:
+    """Write the net's weights as a TF1 checkpoint with TF-Slim names, plus its sidecar.
+
+    Files: ``<path>.index``, ``<path>.data-00000-of-00001`` (readable by
+    ``tf.train.load_checkpoint``, TF1 ``Saver`` and TF-Slim) and ``<path>.ssd.json``. Written
+    under a temporary prefix and renamed (data, sidecar, then the index that marks the
+    checkpoint as present), so a reader never sees half a checkpoint. Returns ``path``.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    variables = net.variables_by_checkpoint_name()
+    names = list(variables)
+    tensors = [tf.convert_to_tensor(v) for v in variables.values()]
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        tf.raw_ops.SaveV2(prefix=tmp, tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=tensors)
+        for data_file in glob.glob(glob.escape(tmp) + ".data-*"):
+            os.replace(data_file, path + data_file[len(tmp):])
+        write_metadata(path, net.model_name, net.params)
+        os.replace(tmp + ".index", path + ".index")
+    finally:
+        for leftover in glob.glob(glob.escape(tmp) + "*"):
+            os.remove(leftover)
+    logger.info("Saved %d variables to %s", len(names), path)
+    return path
+
+
+# -- loading -------------------------------------------------------------------------------
+
+def decimate_fc6(weights: np.ndarray) -> np.ndarray:
+    """VGG-16 fc6 [7, 7, 512, 4096] -> conv6 [3, 3, 512, 1024] (atrous VGG, DESIGN.md §7).
+
+    Keeps every 4th output filter and every 3rd tap (rows/cols 0, 3, 6): with dilation 6
+    (= 3 * the stride-2 pool5 the SSD net drops) the kept taps see the same pixels.
+    """
+    return weights[::3, ::3, :, ::4]
+
+
+def decimate_fc7(weights: np.ndarray) -> np.ndarray:
+    """VGG-16 fc7 [1, 1, 4096, 4096] -> conv7 [1, 1, 1024, 1024]: every 4th input and output."""
+    return weights[:, :, ::4, ::4]
+
+
+def _split_scopes(scopes: Sequence[str] | str | None) -> list[str]:
+    if not scopes:
+        return []
+    if isinstance(scopes, str):
+        scopes = scopes.split(",")
+    return [s.strip().rstrip("/") for s in scopes if s and s.strip()]
+
+
+def _in_scope(name: str, scopes: Iterable[str]) -> bool:
+    return any(name == s or name.startswith(s + "/") for s in scopes)
+
+
+def _scopes_in(names: Iterable[str]) -> list[str]:
+    """First path components of checkpoint names, most frequent first."""
+    counts: dict[str, int] = {}
+    for name in names:
+        if name != _OBJECT_GRAPH_KEY:
+            top = name.split("/", 1)[0]
+            counts[top] = counts.get(top, 0) + 1
+    return sorted(counts, key=lambda s: -counts[s])
+
+
+def _listing(label: str, items: Sequence[str]) -> list[str]:
+    lines = [f"  {label}: {item}" for item in items[:_MAX_LISTED]]
+    if len(items) > _MAX_LISTED:
+        lines.append(f"  ... and {len(items) - _MAX_LISTED} more {label}")
+    return lines
+
+
+class _Source:
+    """Checkpoint tensors by TF-Slim name: ``shapes`` {name: shape} and ``get(name)``."""
+
+    def __init__(self, shapes: Mapping[str, tuple], getter):
+        self.shapes = dict(shapes)
+        self.get = getter
+
+
+def _object_source(net, prefix: str, reader) -> _Source:
+    """Weights of the net inside an object-based ``tf.train.Checkpoint(model=net, ...)``.
+
+    The checkpoint's object graph records each variable's Keras path (``full_name``, e.g.
+    ``conv1_1/kernel``) next to its key; the net's name map turns paths into TF-Slim names,
+    so everything after this (exclusions, error lists) works as for TF1 checkpoints. A
+    variable whose path this net does not know is named ``<model>/[keras]<path>``.
+    """
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+    path_to_slim = net.checkpoint_name_map()
+    all_shapes = reader.get_variable_to_shape_map()
+    keys: dict[str, str] = {}
+    for node in graph.nodes:
+        for attr in node.attributes:
+            if not attr.checkpoint_key.startswith(TRAINING_CHECKPOINT_KEY + "/"):
+                continue  # optimizer, step counter, ...: not the net
+            name = path_to_slim.get(attr.full_name,
+                                    f"{net.model_name}/[keras]{attr.full_name}")
+            keys[name] = attr.checkpoint_key
+    if not keys:
+        raise CheckpointMismatchError(
+            f"{prefix}: object-based checkpoint holds no net under the key "
+            f"'{TRAINING_CHECKPOINT_KEY}' (save it with "
+            f"tf.train.Checkpoint({TRAINING_CHECKPOINT_KEY}=net, ...)).")
+    shapes = {name: tuple(all_shapes[key]) for name, key in keys.items()}
+    return _Source(shapes, lambda name: reader.get_tensor(keys[name]))
+
+
+def _class_head_hint(net, wrong_shape: Sequence[tuple[str, tuple, tuple]],
+                     ckpt_scope: str) -> str:
+    """A hint when only class heads differ: 'heads are for N classes ... exclude ...'."""
+    params = net.params
+    heads = [w for w in wrong_shape if "_box/conv_cls/" in w[0]]
+    if not heads or len(heads) != len(wrong_shape):
+        return ""
+    first_layer = f"{net.model_name}/{params.feat_layers[0]}_box/conv_cls/biases"
+    ckpt_classes = None
+    for name, ckpt_shape, _ in heads:
+        if name == first_layer:
+            ckpt_classes = ckpt_shape[0] // params.num_anchors_per_location[0]
+    scopes = ",".join(f"{net.model_name}/{layer}_box" for layer in params.feat_layers)
+    got = f"are for {ckpt_classes} classes" if ckpt_classes else "have another number of classes"
+    return (f"The checkpoint's class heads {got}, this net has {params.num_classes} classes: "
+            f"to fine-tune, leave the heads out with exclude_scopes / "
+            f"--checkpoint_exclude_scopes={scopes}")
+
+
+def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
+                    exclude_scopes: Sequence[str] | str = (),
+                    ignore_missing_vars: bool = False) -> dict[str, list[str]]:
+    """Assign the net's variables from a checkpoint, matched by TF-Slim name.
+
+    Args:
+      net: an SSD net (``variables_by_checkpoint_name()``, ``model_name``, ``params``).
+      path: checkpoint prefix, one of its files, or a directory (its latest checkpoint).
+      model_scope: the checkpoint's model scope when it differs from ``net.model_name``
+        (the original's ``--checkpoint_model_scope``); ``'vgg_16'`` loads TF-Slim's ImageNet
+        VGG-16 into the trunk (conv1..conv5; fc6/fc7 decimated into conv6/conv7) and leaves
+        the extra blocks and heads at their initial values.
+      exclude_scopes: comma-separated string or list of TF-Slim name prefixes of this net
+        (e.g. ``'ssd_300_vgg/block4_box,ssd_300_vgg/block7_box'``) not to load.
+      ignore_missing_vars: keep variables absent from the checkpoint at their current values
+        and skip checkpoint variables the net does not have (both logged) instead of failing.
+
+    Returns:
+      ``{'loaded', 'missing', 'unexpected', 'excluded'}``: lists of TF-Slim names.
+
+    Raises:
+      FileNotFoundError: no checkpoint at ``path``.
+      CheckpointMismatchError (a ValueError): variables missing, unexpected or of the wrong
+        shape, listed by name (wrong shapes always fail: exclude those scopes to skip them).
+    """
+    prefix = resolve_checkpoint(path)
+    excluded_scopes = _split_scopes(exclude_scopes)
+    variables = net.variables_by_checkpoint_name()
+    reader = tf.train.load_checkpoint(prefix)
+
+    if reader.has_tensor(_OBJECT_GRAPH_KEY):
+        if model_scope not in (None, net.model_name):
+            raise ValueError(f"{prefix}: model_scope={model_scope!r} applies to TF1 name-based "
+                             "checkpoints only; this is an object-based training checkpoint.")
+        source = _object_source(net, prefix, reader)
+        ckpt_scope = net.model_name
+    else:
+        source = _Source({k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()},
+                         reader.get_tensor)
+        ckpt_scope = model_scope or net.model_name
+    vgg16 = ckpt_scope == VGG16_SCOPE
+
+    # Map each of the net's names to the checkpoint name (and a transform for vgg_16 fc6/fc7).
+    excluded, wanted = [], {}
+    for name in variables:
+        if _in_scope(name, excluded_scopes):
+            excluded.append(name)
+            continue
+        relative = name[len(net.model_name) + 1:]
+        if vgg16:
+            scope = relative.split("/", 1)[0]
+            if scope not in net.trunk_scopes:
+                continue  # not part of VGG-16: stays at its initial value
+            relative = relative.replace("conv6/", "fc6/", 1).replace("conv7/", "fc7/", 1)
+        wanted[name] = f"{ckpt_scope}/{relative}"
+    for scope in excluded_scopes:
+        if not any(_in_scope(n, [scope]) for n in variables):
+            logger.warning("exclude scope %r matches no variable of %s", scope, net.model_name)
+
+    def transform(name: str, ckpt_name: str, ckpt_shape: tuple, var_shape: tuple):
+        """Decimation of vgg_16 fc6/fc7 when the checkpoint holds the fully-connected sizes."""
+        if vgg16 and ckpt_shape != var_shape:
+            if ckpt_name.endswith("fc6/weights") and len(ckpt_shape) == 4 and ckpt_shape[:2] == (7, 7):
+                return decimate_fc6
+            if ckpt_name.endswith("fc7/weights") and len(ckpt_shape) == 4:
+                return decimate_fc7
+            if ckpt_name.endswith(("fc6/biases", "fc7/biases")) and len(ckpt_shape) == 1:
+                return lambda b: b[::4]
+        return None
+
+    missing, wrong_shape, plan = [], [], []
+    for name, ckpt_name in wanted.items():
+        var_shape = tuple(variables[name].shape)
+        if ckpt_name not in source.shapes:
+            missing.append(name)
+            continue
+        ckpt_shape = source.shapes[ckpt_name]
+        fn = transform(name, ckpt_name, ckpt_shape, var_shape)
+        out_shape = ckpt_shape
+        if fn is not None:
+            out_shape = tuple(fn(np.empty(ckpt_shape, dtype=np.bool_)).shape)
+        if out_shape != var_shape:
+            wrong_shape.append((name, ckpt_shape, var_shape))
+            continue
+        plan.append((name, ckpt_name, fn))
+
+    # Unexpected: checkpoint variables of the checkpoint's model scope that nothing uses,
+    # except optimizer slots / moving averages of used variables (".../weights/Momentum").
+    used = set(wanted.values())
+    excluded_ckpt = {f"{ckpt_scope}/{n[len(net.model_name) + 1:]}" for n in excluded}
+    unexpected = []
+    for ckpt_name in sorted(source.shapes):
+        if not ckpt_name.startswith(ckpt_scope + "/") or ckpt_name in used:
+            continue
+        if ckpt_name in excluded_ckpt or _in_scope(ckpt_name, excluded_ckpt | used):
+            continue
+        if vgg16 and _in_scope(ckpt_name, _VGG16_UNUSED):
+            continue
+        if vgg16 and ckpt_name.split("/")[1] not in ("fc6", "fc7") + net.trunk_scopes:
+            continue
+        unexpected.append(ckpt_name)
+
+    if wrong_shape or ((missing or unexpected) and not ignore_missing_vars):
+        lines = [f"{prefix}: checkpoint does not match {net.model_name} "
+                 f"({len(missing)} missing, {len(unexpected)} unexpected, "
+                 f"{len(wrong_shape)} wrong shape; checkpoint scope '{ckpt_scope}')."]
+        lines += _listing("wrong shape", [f"{n} checkpoint {list(c)} net {list(v)}"
+                                          for n, c, v in wrong_shape])
+        lines += _listing("missing", missing)
+        lines += _listing("unexpected", unexpected)
+        metadata = read_metadata(prefix)
+        if metadata and metadata.get("model_name") not in (None, net.model_name):
+            lines.append(f"Its {SIDECAR_SUFFIX} says it is a {metadata['model_name']}, with "
+                         f"{metadata.get('num_classes')} classes.")
+        hint = _class_head_hint(net, wrong_shape, ckpt_scope)
+        if hint:
+            lines.append(hint)
+        elif wrong_shape:
+            lines.append("Wrongly shaped variables cannot be loaded: leave their scopes out with "
+                         "exclude_scopes (--checkpoint_exclude_scopes).")
+        if missing and len(missing) == len(wanted):
+            scopes = [s for s in _scopes_in(source.shapes) if s != ckpt_scope]
+            if scopes:
+                lines.append(f"The checkpoint's variables are under scope(s) "
+                             f"{', '.join(repr(s) for s in scopes[:5])}: pass model_scope / "
+                             f"--checkpoint_model_scope={scopes[0]}.")
+        elif (missing or unexpected) and not ignore_missing_vars:
+            lines.append("Pass ignore_missing_vars=True (--ignore_missing_vars) to keep the "
+                         "missing ones at their initial values and skip the unexpected ones.")
+        raise CheckpointMismatchError("\n".join(lines), missing, unexpected, wrong_shape)
+
+    for name, ckpt_name, fn in plan:
+        value = np.asarray(source.get(ckpt_name))
+        if fn is not None:
+            value = fn(value)
+        variables[name].assign(value.astype(np.float32, copy=False))
+    for name in missing:
+        logger.warning("%s: %s not in the checkpoint, left at its initial value", prefix, name)
+    for name in unexpected:
+        logger.warning("%s: checkpoint variable %s not used by %s", prefix, name, net.model_name)
+    logger.info("Loaded %d variables of %s from %s", len(plan), net.model_name, prefix)
+    return {"loaded": [p[0] for p in plan], "missing": missing, "unexpected": unexpected,
+            "excluded": excluded}

@@ -1,0 +1,37 @@
+"""Helpers shared by every SSD network: flattening per-layer outputs in anchor order."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+
+
+def flatten_layers(tensors: Sequence[tf.Tensor], last_dim: int) -> tf.Tensor:
+    """Concatenate per-layer tensors [N, h, w, A, D] into [N, sum(h*w*A), D].
+
+    The order is (layer, row, column, anchor), the order of ``net.anchors()``.
+    """
+    flat = [tf.reshape(t, [tf.shape(t)[0], -1, last_dim]) for t in tensors]
+    return tf.concat(flat, axis=1)
+
+
+def flatten_outputs(out: Mapping[str, Sequence[tf.Tensor]]) -> dict[str, tf.Tensor]:
+    """Flatten the network's output dict (DESIGN.md §8).
+
+    Args:
+      out: ``{'logits': [N,h,w,A,C] per layer, 'predictions': same, 'localisations':
+        [N,h,w,A,4] per layer}`` as returned by ``net(images)``.
+
+    Returns:
+      ``{'logits': [N, num_anchors, C], 'predictions': [N, num_anchors, C],
+      'localisations': [N, num_anchors, 4]}`` (Caffe ``(x, y, w, h)`` offsets), rows in the
+      order of ``net.anchors()``. Entries already flat (a tensor, not a list) pass through.
+    """
+    result = {}
+    for key in ("logits", "predictions", "localisations"):
+        value = out[key]
+        if isinstance(value, (list, tuple)):
+            last_dim = 4 if key == "localisations" else int(value[0].shape[-1])
+            value = flatten_layers(value, last_dim)
+        result[key] = value
+    return result

@@ -1,0 +1,347 @@
+"""SSD hyper-parameters (``SSDParams``), the anchor presets and the anchor generator.
+
+Everything that makes SSD300 differ from SSD512 lives here as data: image size, feature
+layers, the extra blocks after conv7, anchor sizes/ratios/steps. One builder
+(:mod:`nets.ssd_vgg`) turns an ``SSDParams`` into a network.
+
+Anchors are ``(ymin, xmin, ymax, xmax)``, normalized to the image, unclipped, in the order
+(feature layer, row, column, anchor) that the flattened network outputs use. Per location
+the order is Caffe's PriorBox order: the square of side ``min_size``, the square of side
+``sqrt(min_size * max_size)``, then for each aspect ratio ``r`` in list order a box of
+width ``min_size * sqrt(r)`` and height ``min_size / sqrt(r)`` (the lists already hold
+``r`` and ``1/r`` next to each other, as Caffe's ``flip: true`` produces them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from tf_extended.boxes import DEFAULT_PRIOR_SCALING
+
+# Name used for hand-made anchor sizes that follow no preset.
+CUSTOM_PRESET = "custom"
+
+# Caffe's aspect-ratio lists with flip=true expanded: [2] -> (2, 1/2); [2, 3] -> (2, 1/2, 3, 1/3).
+_RATIOS_2 = (2.0, 0.5)
+_RATIOS_23 = (2.0, 0.5, 3.0, 1.0 / 3.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraBlock:
+    """One SSD extra block after conv7: ``conv1x1`` then a strided/padded ``conv{k}x{k}``.
+
+    Sizes follow Caffe exactly: the 1x1 conv (stride 1), an explicit symmetric zero padding
+    of ``padding`` pixels, then a ``kernel x kernel`` VALID conv with ``stride``, so the
+    output side is ``(n + 2 * padding - kernel) // stride + 1`` (Caffe's floor rule).
+
+    Attributes:
+      name: TF-Slim scope of the block, e.g. ``'block8'``.
+      num_1x1: output channels of the 1x1 conv.
+      num_outputs: output channels of the second conv.
+      kernel: kernel side of the second conv (3, or 4 for SSD512's block12).
+      stride: stride of the second conv.
+      padding: explicit zero padding before the second conv.
+    """
+
+    name: str
+    num_1x1: int
+    num_outputs: int
+    kernel: int = 3
+    stride: int = 2
+    padding: int = 1
+
+    @property
+    def conv_scope(self) -> str:
+        """TF-Slim name of the second conv: ``conv3x3`` or ``conv4x4``."""
+        return f"conv{self.kernel}x{self.kernel}"
+
+    def output_size(self, size: int) -> int:
+        """Output side for an input side ``size`` (Caffe/VALID floor rule)."""
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+# Extra blocks of the original (balancap/SSD-Tensorflow) and Caffe SSD (conv6_x .. conv10_x).
+SSD300_EXTRA_BLOCKS = (
+    ExtraBlock("block8", 256, 512, 3, 2, 1),    # Caffe conv6_1/conv6_2: 19 -> 10
+    ExtraBlock("block9", 128, 256, 3, 2, 1),    # conv7_x: 10 -> 5
+    ExtraBlock("block10", 128, 256, 3, 1, 0),   # conv8_x: 5 -> 3 (pad 0, stride 1)
+    ExtraBlock("block11", 128, 256, 3, 1, 0),   # conv9_x: 3 -> 1
+)
+SSD512_EXTRA_BLOCKS = (
+    ExtraBlock("block8", 256, 512, 3, 2, 1),    # 32 -> 16
+    ExtraBlock("block9", 128, 256, 3, 2, 1),    # 16 -> 8
+    ExtraBlock("block10", 128, 256, 3, 2, 1),   # 8 -> 4
+    ExtraBlock("block11", 128, 256, 3, 2, 1),   # 4 -> 2
+    ExtraBlock("block12", 128, 256, 4, 1, 1),   # Caffe conv10_2: kernel 4, pad 1: 2 -> 1
+)
+
+# Anchor sizes in pixels of the input image, (min_size, max_size) per feature layer.
+# 'voc': Caffe SSD's VOC0712 models (ssd_pascal.py: conv4_3 at 10%, then 20%..90% of 300 in
+#   steps of 17%; for 512: 7%, then 15%..90%). 'coco_ft': the COCO / "_ft" models and the
+#   original TF project's defaults (300: 7%, then 15%..90% in steps of 18%; 512: 4%, 10%..90%).
+# The '*_caffe' variants truncate every size to an int, as Caffe's PriorBox did for the
+#   published .caffemodels (DESIGN.md §7): anchors for a converted Caffe model must use them.
+#   For SSD300 'voc' sizes are already whole, so 'voc' == 'voc_caffe' there.
+ANCHOR_PRESETS: dict[tuple[int, int], dict[str, tuple[tuple[float, float], ...]]] = {
+    (300, 300): {
+        "voc": ((30., 60.), (60., 111.), (111., 162.), (162., 213.), (213., 264.), (264., 315.)),
+        "coco_ft": ((21., 45.), (45., 99.), (99., 153.), (153., 207.), (207., 261.), (261., 315.)),
+    },
+    (512, 512): {
+        "voc": ((35.84, 76.8), (76.8, 153.6), (153.6, 230.4), (230.4, 307.2), (307.2, 384.0),
+                (384.0, 460.8), (460.8, 537.6)),
+        "coco_ft": ((20.48, 51.2), (51.2, 133.12), (133.12, 215.04), (215.04, 296.96),
+                    (296.96, 378.88), (378.88, 460.8), (460.8, 542.72)),
+    },
+}
+for _table in ANCHOR_PRESETS.values():
+    for _name in list(_table):
+        _table[_name + "_caffe"] = tuple((float(math.floor(a)), float(math.floor(b)))
+                                         for a, b in _table[_name])
+del _table, _name
+
+# The preset a new net gets. 'voc' is the reference recipe (DESIGN.md §7, 77.2 / 79.8 mAP) that
+# training in this project follows; the original's published ssd_300_vgg.ckpt is a 'coco_ft'
+# model and must be loaded with that preset (its checkpoint has no sidecar to say so).
+DEFAULT_ANCHOR_PRESET = "voc"
+
+
+def anchor_preset_names() -> tuple[str, ...]:
+    """All preset names (for flags' help texts and error messages)."""
+    return tuple(sorted({n for table in ANCHOR_PRESETS.values() for n in table})) + (CUSTOM_PRESET,)
+
+
+@dataclasses.dataclass(frozen=True)
+class SSDParams:
+    """All hyper-parameters of an SSD network (the original's fields, plus three).
+
+    Attributes:
+      img_shape: (height, width) of the network input in pixels.
+      num_classes: number of classes including background (21 for VOC).
+      no_annotation_label: label of unannotated anchors (kept from the original; = num_classes).
+      feat_layers: end points used as feature maps, e.g. ('block4', 'block7', ...).
+      feat_shapes: (h, w) of each feature map for ``img_shape``.
+      anchor_size_bounds: informational only (the original never used it).
+      anchor_sizes: (min_size, max_size) in pixels per feature layer.
+      anchor_ratios: aspect ratios w/h per layer, each ``r`` followed by ``1/r``.
+      anchor_steps: anchor grid step in pixels per layer (Caffe's ``step``).
+      anchor_offset: centre offset in grid cells (Caffe's ``offset``, 0.5).
+      normalizations: > 0: L2-normalize this layer with a learned scale initialised to it.
+      prior_scaling: Caffe's prior variances in ``(x, y, w, h)`` order.
+      anchor_preset: name of the anchor-size preset (``'custom'`` for hand-made sizes).
+      extra_blocks: the blocks after conv7 (architecture, see :class:`ExtraBlock`).
+    """
+
+    img_shape: tuple[int, int]
+    num_classes: int
+    no_annotation_label: int
+    feat_layers: tuple[str, ...]
+    feat_shapes: tuple[tuple[int, int], ...]
+    anchor_size_bounds: tuple[float, float]
+    anchor_sizes: tuple[tuple[float, float], ...]
+    anchor_ratios: tuple[tuple[float, ...], ...]
+    anchor_steps: tuple[float, ...]
+    anchor_offset: float
+    normalizations: tuple[float, ...]
+    prior_scaling: tuple[float, float, float, float]
+    anchor_preset: str = DEFAULT_ANCHOR_PRESET
+    extra_blocks: tuple[ExtraBlock, ...] = SSD300_EXTRA_BLOCKS
+
+    def __post_init__(self) -> None:
+        # Freeze nested sequences as tuples so that the dataclass is hashable and JSON-stable.
+        def freeze(value):
+            if isinstance(value, (list, tuple)):
+                return tuple(freeze(v) for v in value)
+            return value
+
+        for field in dataclasses.fields(self):
+            if field.name != "extra_blocks":
+                object.__setattr__(self, field.name, freeze(getattr(self, field.name)))
+        object.__setattr__(self, "extra_blocks", tuple(self.extra_blocks))
+        self._validate()
+
+    def _validate(self) -> None:
+        n = len(self.feat_layers)
+        for name in ("feat_shapes", "anchor_sizes", "anchor_ratios", "anchor_steps",
+                     "normalizations"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"SSDParams.{name} has {len(getattr(self, name))} entries, "
+                                 f"but feat_layers has {n}: {self.feat_layers}.")
+        if self.num_classes < 2:
+            raise ValueError(f"SSDParams.num_classes is {self.num_classes}, but must be >= 2 "
+                             "(background + at least one class).")
+        if len(self.img_shape) != 2:
+            raise ValueError(f"SSDParams.img_shape is {self.img_shape}, but must be (height, width).")
+        for sizes in self.anchor_sizes:
+            if len(sizes) != 2:
+                raise ValueError(f"SSDParams.anchor_sizes entries must be (min_size, max_size), "
+                                 f"got {sizes}.")
+        table = ANCHOR_PRESETS.get(tuple(self.img_shape))
+        if self.anchor_preset != CUSTOM_PRESET:
+            if self.anchor_preset not in anchor_preset_names():
+                raise ValueError(f"Unknown anchor preset {self.anchor_preset!r}; valid: "
+                                 f"{', '.join(anchor_preset_names())}.")
+            if table is not None and table[self.anchor_preset] != self.anchor_sizes:
+                raise ValueError(
+                    f"SSDParams.anchor_sizes {self.anchor_sizes} are not those of preset "
+                    f"{self.anchor_preset!r} for img_shape {self.img_shape}: use "
+                    f"params.with_anchor_preset({self.anchor_preset!r}), or "
+                    f"anchor_preset='custom' for hand-made sizes.")
+
+    # -- derived values -----------------------------------------------------------------
+
+    @property
+    def num_anchors_per_location(self) -> tuple[int, ...]:
+        """Anchors per feature-map cell for each layer: 2 squares + one per ratio."""
+        return tuple(2 + len(r) for r in self.anchor_ratios)
+
+    @property
+    def num_anchors(self) -> int:
+        """Total number of anchors (8,732 for SSD300, 24,564 for SSD512)."""
+        return sum(h * w * a for (h, w), a in zip(self.feat_shapes, self.num_anchors_per_location))
+
+    def with_anchor_preset(self, preset: str) -> "SSDParams":
+        """A copy with the anchor sizes of ``preset`` for this ``img_shape``."""
+        table = ANCHOR_PRESETS.get(tuple(self.img_shape))
+        if table is None or preset not in table:
+            known = ", ".join(sorted(table)) if table else "none"
+            raise ValueError(f"No anchor preset {preset!r} for img_shape {self.img_shape} "
+                             f"(presets for this size: {known}).")
+        return dataclasses.replace(self, anchor_sizes=table[preset], anchor_preset=preset)
+
+    def with_img_shape(self, img_shape: Sequence[int]) -> "SSDParams":
+        """A copy for another input size with the feature shapes recomputed.
+
+        Anchor sizes and steps are kept in pixels, so the preset becomes ``'custom'``
+        unless the new size has the same preset table entry. Meant for small test nets.
+        """
+        img_shape = (int(img_shape[0]), int(img_shape[1]))
+        feat_shapes = compute_feat_shapes(img_shape, self.feat_layers, self.extra_blocks)
+        preset = self.anchor_preset
+        table = ANCHOR_PRESETS.get(img_shape)
+        if table is None or table.get(preset) != self.anchor_sizes:
+            preset = CUSTOM_PRESET
+        return dataclasses.replace(self, img_shape=img_shape, feat_shapes=feat_shapes,
+                                   anchor_preset=preset)
+
+
+def compute_feat_shapes(img_shape: Sequence[int], feat_layers: Sequence[str],
+                        extra_blocks: Sequence[ExtraBlock]) -> tuple[tuple[int, int], ...]:
+    """Feature-map (h, w) of each layer in ``feat_layers`` for an input ``img_shape``.
+
+    VGG-16: 3x3 SAME convs keep the size, pool1..pool4 (2x2, stride 2, SAME = Caffe's ceil
+    mode) halve it rounding up, pool5 (3x3, stride 1) and conv6/conv7 keep it; the extra
+    blocks follow :meth:`ExtraBlock.output_size`.
+    """
+    sizes: dict[str, tuple[int, int]] = {}
+    h, w = int(img_shape[0]), int(img_shape[1])
+    for i in range(1, 6):
+        sizes[f"block{i}"] = (h, w)
+        if i < 5:
+            h, w = -(-h // 2), -(-w // 2)
+    sizes["block6"] = sizes["block7"] = (h, w)
+    for block in extra_blocks:
+        h, w = block.output_size(h), block.output_size(w)
+        if h < 1 or w < 1:
+            raise ValueError(f"img_shape {tuple(img_shape)} is too small: {block.name} would "
+                             f"have an empty output.")
+        sizes[block.name] = (h, w)
+    try:
+        return tuple(sizes[name] for name in feat_layers)
+    except KeyError as err:
+        raise ValueError(f"Unknown feature layer {err.args[0]!r}; known: {', '.join(sizes)}.") from None
+
+
+def ssd_300_vgg_params() -> SSDParams:
+    """SSD300 defaults: the original's fields with the 'voc' anchor preset (DESIGN.md §7)."""
+    return SSDParams(
+        img_shape=(300, 300),
+        num_classes=21,
+        no_annotation_label=21,
+        feat_layers=("block4", "block7", "block8", "block9", "block10", "block11"),
+        feat_shapes=((38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)),
+        anchor_size_bounds=(0.15, 0.90),
+        anchor_sizes=ANCHOR_PRESETS[(300, 300)][DEFAULT_ANCHOR_PRESET],
+        anchor_ratios=(_RATIOS_2, _RATIOS_23, _RATIOS_23, _RATIOS_23, _RATIOS_2, _RATIOS_2),
+        anchor_steps=(8, 16, 32, 64, 100, 300),   # Caffe ssd_pascal.py steps
+        anchor_offset=0.5,
+        normalizations=(20, -1, -1, -1, -1, -1),  # conv4_3_norm scale_filler 20
+        prior_scaling=DEFAULT_PRIOR_SCALING,
+        anchor_preset=DEFAULT_ANCHOR_PRESET,
+        extra_blocks=SSD300_EXTRA_BLOCKS,
+    )
+
+
+def ssd_512_vgg_params() -> SSDParams:
+    """SSD512 defaults: the original's fields with the 'voc' anchor preset (DESIGN.md §7)."""
+    return SSDParams(
+        img_shape=(512, 512),
+        num_classes=21,
+        no_annotation_label=21,
+        feat_layers=("block4", "block7", "block8", "block9", "block10", "block11", "block12"),
+        feat_shapes=((64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)),
+        anchor_size_bounds=(0.10, 0.90),
+        anchor_sizes=ANCHOR_PRESETS[(512, 512)][DEFAULT_ANCHOR_PRESET],
+        anchor_ratios=(_RATIOS_2, _RATIOS_23, _RATIOS_23, _RATIOS_23, _RATIOS_23, _RATIOS_2,
+                       _RATIOS_2),
+        anchor_steps=(8, 16, 32, 64, 128, 256, 512),
+        anchor_offset=0.5,
+        normalizations=(20, -1, -1, -1, -1, -1, -1),
+        prior_scaling=DEFAULT_PRIOR_SCALING,
+        anchor_preset=DEFAULT_ANCHOR_PRESET,
+        extra_blocks=SSD512_EXTRA_BLOCKS,
+    )
+
+
+def layer_anchors(params: SSDParams, layer_index: int) -> np.ndarray:
+    """Anchors of one feature layer: float64 [h, w, A, 4] ``(ymin, xmin, ymax, xmax)``.
+
+    Caffe PriorBox rule: centre ``((i + offset) * step / img_h, (j + offset) * step / img_w)``
+    for row i, column j; sizes as in the module docstring, relative to the image side.
+    """
+    img_h, img_w = params.img_shape
+    feat_h, feat_w = params.feat_shapes[layer_index]
+    step = float(params.anchor_steps[layer_index])
+    min_size, max_size = params.anchor_sizes[layer_index]
+    ratios = np.asarray(params.anchor_ratios[layer_index], dtype=np.float64)
+
+    cy = (np.arange(feat_h, dtype=np.float64) + params.anchor_offset) * step / img_h
+    cx = (np.arange(feat_w, dtype=np.float64) + params.anchor_offset) * step / img_w
+    # Box sides in pixels, Caffe order: min square, sqrt(min*max) square, then each ratio.
+    side = math.sqrt(min_size * max_size)
+    heights = np.concatenate([[min_size, side], min_size / np.sqrt(ratios)]) / img_h
+    widths = np.concatenate([[min_size, side], min_size * np.sqrt(ratios)]) / img_w
+
+    cy = cy[:, None, None]
+    cx = cx[None, :, None]
+    num = len(heights)
+    ymin = np.broadcast_to(cy - heights / 2, (feat_h, feat_w, num))
+    xmin = np.broadcast_to(cx - widths / 2, (feat_h, feat_w, num))
+    ymax = np.broadcast_to(cy + heights / 2, (feat_h, feat_w, num))
+    xmax = np.broadcast_to(cx + widths / 2, (feat_h, feat_w, num))
+    return np.stack([ymin, xmin, ymax, xmax], axis=-1)
+
+
+def anchors(params: SSDParams) -> np.ndarray:
+    """All anchors: float32 [num_anchors, 4] ``(ymin, xmin, ymax, xmax)``, normalized, unclipped.
+
+    Ordered (feature layer, row, column, anchor), the order of the flattened outputs.
+    """
+    return np.concatenate([layer_anchors(params, i).reshape(-1, 4)
+                           for i in range(len(params.feat_layers))]).astype(np.float32)
+
+
+def params_to_json(params: SSDParams) -> dict:
+    """Plain-JSON form of ``params`` (tuples become lists, extra blocks become dicts)."""
+    data = dataclasses.asdict(params)
+    return data
+
+
+def params_from_json(data: dict) -> SSDParams:
+    """Inverse of :func:`params_to_json`."""
+    data = dict(data)
+    data["extra_blocks"] = tuple(ExtraBlock(**b) for b in data.get("extra_blocks", ()))
+    return SSDParams(**data)
