@@ -49,3 +49,5 @@ def get_network(name: str) -> type:
         raise ValueError(f"Network class {cls.__name__} has model_name "
                          f"{getattr(cls, 'model_name', None)!r}, registered as {name!r}.")
     return cls
+
+from nets import ssd_mobilenet  # noqa: E402,F401  registers ssd_300_mobilenet_v2, ssd_160_mobilenet_v2
