@@ -1,0 +1,1050 @@
+"""Evaluation engine: VOC07/VOC12 mAP of an SSD checkpoint on a TFRecord dataset.
+
+The pieces, each usable on its own (eval_ssd_network.py only turns flags into calls):
+
+- :class:`EvalConfig`: the original eval flags (thresholds of Caffe SSD's test net).
+- :func:`make_detect_fn`: one ``tf.function`` = network forward + ``detected_bboxes`` + the
+  mapping of the boxes back to the original image, for a whole batch, fixed-size output.
+- :func:`make_eval_dataset`: TFRecords -> batched images + the ORIGINAL padded ground truth.
+- :func:`run_evaluation`: drives batches through the detector and feeds a
+  ``tf_extended.metrics.VOCEvaluator`` with NumPy arrays (one transfer per batch; the
+  metric update of batch i runs in a worker thread while the network computes batch i+1).
+- outputs: :func:`make_record` (the DESIGN.md §6 JSON record), :func:`write_metrics`
+  (metrics.json atomically + one metrics.jsonl line), :func:`format_ap_table`,
+  :func:`write_summaries` (TensorBoard scalars + precision-recall curves),
+  :func:`write_voc_detections` / :func:`read_voc_detections` (VOC devkit ``comp4`` files)
+  and :func:`write_coco_detections`.
+- :class:`CheckpointEvaluator`: builds the network once and evaluates checkpoint after
+  checkpoint (one file, a directory's latest, or as training writes them).
+
+Boxes are ``(ymin, xmin, ymax, xmax)`` normalized to the ORIGINAL image everywhere in this
+module, except in the devkit / COCO files (pixels, see their writers). Metrics are computed
+in the original image frame: detections are mapped back through ``bbox_img`` (the original
+image's window in the network input; ``(0, 0, 1, 1)`` for the default warp resize) and
+clipped to the image, and compared with the ground truth as stored in the TFRecords.
+IoU is the same in normalized and in pixel units (both axes scale areas alike), so these
+metrics equal the devkit's up to its ``+1`` pixel convention.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from engine import checkpoint_watch
+from tf_extended import boxes as tfe_boxes
+
+logger = logging.getLogger(__name__)
+
+# The original's --eval_resize values (preprocessing.ssd_vgg_preprocessing.Resize).
+RESIZE_METHODS = {1: "NONE", 2: "CENTRAL_CROP", 3: "PAD_AND_RESIZE", 4: "WARP_RESIZE"}
+
+METRICS_JSON = "metrics.json"
+METRICS_JSONL = "metrics.jsonl"
+# Keys of one metrics record, DESIGN.md §6 (and nothing else).
+RECORD_KEYS = ("checkpoint", "global_step", "num_images", "mAP_VOC07", "mAP_VOC12", "AP_VOC07",
+               "AP_VOC12")
+
+# Thresholds at which precision-recall curves are sampled for TensorBoard's pr_curve plugin.
+PR_CURVE_NUM_THRESHOLDS = 101
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Post-processing and matching settings (the original eval flags, Caffe SSD test values).
+
+    Attributes:
+      select_threshold: min class score of a candidate (Caffe ``confidence_threshold`` 0.01).
+      nms_threshold: per-class NMS IoU (Caffe ``nms_threshold`` 0.45).
+      select_top_k: candidates per class entering NMS (Caffe ``top_k`` 400).
+      keep_top_k: detections kept per image over all classes (Caffe ``keep_top_k`` 200).
+      matching_threshold: a detection matches a ground truth when IoU > this (VOC: 0.5).
+      remove_difficult: True: VOC semantics, difficult ground truth is neither to be found
+        nor a false positive when matched; False: difficult boxes count like the others.
+      batch_size: images per network call (any; the last batch may be smaller).
+      max_num_batches: evaluate only this many batches (None: the whole split).
+      use_moving_average: load the exponential-moving-average weights when the checkpoint
+        has them.
+      clip_detections: clip detected boxes to the image (they then match what the devkit
+        files contain; it can only raise the IoU with a ground truth inside the image).
+    """
+
+    select_threshold: float = 0.01
+    nms_threshold: float = 0.45
+    select_top_k: int = 400
+    keep_top_k: int = 200
+    matching_threshold: float = 0.5
+    remove_difficult: bool = True
+    batch_size: int = 1
+    max_num_batches: int | None = None
+    use_moving_average: bool = False
+    clip_detections: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size is {self.batch_size}, but must be >= 1.")
+        if self.max_num_batches is not None and self.max_num_batches < 1:
+            raise ValueError(f"max_num_batches is {self.max_num_batches}, but must be >= 1.")
+        if not 0.0 <= self.select_threshold < 1.0:
+            raise ValueError(f"select_threshold is {self.select_threshold}, must be in [0, 1).")
+        if not 0.0 < self.nms_threshold <= 1.0:
+            raise ValueError(f"nms_threshold is {self.nms_threshold}, must be in (0, 1].")
+        if not 0.0 <= self.matching_threshold < 1.0:
+            raise ValueError(f"matching_threshold is {self.matching_threshold}, must be in [0, 1).")
+        if self.select_top_k < 1 or self.keep_top_k < 1:
+            raise ValueError(f"select_top_k ({self.select_top_k}) and keep_top_k "
+                             f"({self.keep_top_k}) must be >= 1.")
+
+
+# ---------------------------------------------------------------------------------------
+# Runtime.
+
+def configure_runtime(num_threads: int | None = None, gpu_memory_fraction: float | None = None) -> None:
+    """Thread budget and GPU memory, before TensorFlow runs anything.
+
+    Args:
+      num_threads: intra-op threads (inter-op: up to 2) for evaluating beside training on one
+        machine's CPU; None leaves TensorFlow's defaults (all cores).
+      gpu_memory_fraction: take this fraction of each GPU's memory; None grows on demand, so
+        training on the same GPU keeps the rest.
+    """
+    if num_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(num_threads)))
+    for index, gpu in enumerate(tf.config.list_physical_devices("GPU")):
+        total_mb = _gpu_total_memory_mb(index) if gpu_memory_fraction else None
+        if total_mb:
+            limit = int(total_mb * gpu_memory_fraction)
+            tf.config.set_logical_device_configuration(
+                gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+            logger.info("GPU %d: using %d of %d MiB.", index, limit, total_mb)
+        else:
+            if gpu_memory_fraction:
+                logger.warning("GPU %d: total memory unknown (no nvidia-smi); growing memory "
+                               "on demand instead of --gpu_memory_fraction.", index)
+            tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def _gpu_total_memory_mb(index: int) -> int | None:
+    """Total memory of GPU ``index`` in MiB from nvidia-smi (TF tells it only once in use)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
+                              "-i", str(index)], capture_output=True, text=True, timeout=20, check=True)
+        return int(float(out.stdout.strip().splitlines()[0]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def describe_error(err: BaseException) -> str:
+    """One readable message for a failure (TF errors: their first line, without the op trace)."""
+    if isinstance(err, tf.errors.OpError):
+        text = (err.message or "").strip()
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[0] if lines else type(err).__name__
+    text = str(err).strip()
+    return text or type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------
+# Inference.
+
+DetectFn = Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]]
+
+
+def detections_to_image_frame(det: Mapping[str, tf.Tensor], bbox_img: tf.Tensor,
+                              clip: bool = True) -> dict[str, tf.Tensor]:
+    """Map detections from the network-input frame to the original image's frame.
+
+    Args:
+      det: ``detected_bboxes`` output: ``boxes`` [N, K, 4] ``(ymin, xmin, ymax, xmax)``
+        normalized to the network input, ``scores`` [N, K], ``classes`` [N, K],
+        ``num_detections`` [N].
+      bbox_img: [N, 4] the original image's window in the network input (same format).
+      clip: clip the boxes to the image (0..1).
+
+    Returns:
+      The same dict with boxes normalized to the original image; padded rows stay zero.
+    """
+    boxes = tfe_boxes.resize_to_window(det["boxes"], tf.cast(bbox_img, det["boxes"].dtype)[:, None, :])
+    if clip:
+        boxes = tfe_boxes.clip(boxes)
+    live = tf.range(tf.shape(boxes)[1])[None, :] < tf.cast(det["num_detections"], tf.int32)[:, None]
+    out = dict(det)
+    out["boxes"] = tf.where(live[..., None], boxes, 0.0)
+    return out
+
+
+def make_detect_fn(net: Any, config: EvalConfig, image_shape: Sequence[int] | None = None) -> DetectFn:
+    """The batched detector: ``detect(images [N,H,W,3], bbox_img [N,4]) -> dict`` (one tf.function).
+
+    Network forward, ``net.detected_bboxes`` (fixed-size, K = ``keep_top_k``) and the mapping
+    back to the original image run in one graph; the batch dimension is left free so the
+    smaller last batch reuses the same trace.
+
+    Args:
+      net: an SSD network of ``nets_factory`` (callable, with ``detected_bboxes``).
+      config: thresholds.
+      image_shape: (H, W) of the network input, for the input signature (default
+        ``net.params.img_shape``).
+    """
+    if image_shape is None:
+        image_shape = net.params.img_shape
+    height, width = int(image_shape[0]), int(image_shape[1])
+    num_anchors = int(np.asarray(net.anchors()).shape[0])
+    num_classes = int(net.params.num_classes)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32),
+                                  tf.TensorSpec([None, 4], tf.float32)],
+                 reduce_retracing=True)
+    def detect(images: tf.Tensor, bbox_img: tf.Tensor) -> dict[str, tf.Tensor]:
+        flat = dict(net.flat_outputs(net(images, training=False)))
+        # Flattening with a free batch dimension loses the static anchor count, which the
+        # fixed-size post-processing needs: restore it (it is known from the anchors).
+        for key, last in (("predictions", num_classes), ("localisations", 4)):
+            flat[key] = tf.ensure_shape(flat[key], [None, num_anchors, last])
+        det = net.detected_bboxes(flat, select_threshold=config.select_threshold,
+                                  nms_threshold=config.nms_threshold,
+                                  select_top_k=config.select_top_k, keep_top_k=config.keep_top_k)
+        return detections_to_image_frame(det, bbox_img, clip=config.clip_detections)
+
+    return detect
+
+
+# ---------------------------------------------------------------------------------------
+# Data.
+
+def make_eval_dataset(dataset: tf.data.Dataset,
+                      preprocess_fn: Callable[..., tuple],
+                      out_shape: Sequence[int],
+                      batch_size: int,
+                      max_num_batches: int | None = None,
+                      num_parallel_calls: int = tf.data.AUTOTUNE,
+                      prefetch: int = 2,
+                      num_threads: int | None = None,
+                      check_size: bool = False) -> tf.data.Dataset:
+    """Decoded examples (``DatasetSpec.read()`` dicts) -> batches for :func:`run_evaluation`.
+
+    Each element is preprocessed for the network by ``preprocess_fn(image, labels, bboxes,
+    out_shape)`` -> ``(image, labels, bboxes, bbox_img)``; its transformed boxes are dropped
+    and the ORIGINAL ground truth is kept, because the metrics are computed in the original
+    image frame (a crop must not hide the objects it cut away).
+
+    Args (besides the obvious): ``num_threads`` caps the pipeline's thread pool (evaluation
+    beside training); ``check_size`` fails with the image's name when a preprocessed image is
+    not ``out_shape`` (``eval_resize`` NONE feeds images at their own size).
+
+    Returns:
+      A dataset of dicts, batch dimension B (the last batch may be smaller):
+      ``image`` float32 [B, H, W, 3], ``bbox_img`` float32 [B, 4], ``shape`` int64 [B, 3],
+      ``filename`` string [B], ``gt_bboxes`` float32 [B, G, 4] ``(ymin, xmin, ymax, xmax)``
+      normalized, ``gt_labels`` int64 [B, G], ``gt_difficult`` int64 [B, G] (padded with
+      zeros), ``num_gt`` int32 [B].
+    """
+    out_shape = (int(out_shape[0]), int(out_shape[1]))
+
+    def prepare(example: dict) -> dict:
+        labels = tf.cast(example["object/label"], tf.int64)
+        bboxes = tf.cast(example["object/bbox"], tf.float32)
+        image, _, _, bbox_img = preprocess_fn(example["image"], labels, bboxes, out_shape)
+        image = tf.cast(image, tf.float32)
+        if check_size:
+            tf.debugging.assert_equal(
+                tf.shape(image)[:2], tf.constant(out_shape, tf.int32),
+                data=[example.get("filename", tf.constant("?")), tf.shape(image)[:2]],
+                message=(f"image is not {out_shape[0]}x{out_shape[1]}, the network input: with "
+                         "eval_resize NONE images must already have that size (use eval_resize "
+                         "4, WARP_RESIZE); image id and size:"))
+        image = tf.ensure_shape(image, [out_shape[0], out_shape[1], 3])
+        difficult = example.get("object/difficult")
+        if difficult is None:
+            difficult = tf.zeros_like(labels)
+        return {
+            "image": image,
+            "bbox_img": tf.reshape(tf.cast(bbox_img, tf.float32), [4]),
+            "shape": tf.cast(example["shape"], tf.int64),
+            "filename": example.get("filename", tf.constant("")),
+            "gt_bboxes": tf.reshape(bboxes, [-1, 4]),
+            "gt_labels": labels,
+            "gt_difficult": tf.cast(difficult, tf.int64),
+            "num_gt": tf.shape(labels)[0],
+        }
+
+    ds = dataset.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.padded_batch(batch_size, drop_remainder=False)
+    if max_num_batches is not None:
+        ds = ds.take(max_num_batches)
+    ds = ds.prefetch(prefetch)
+    if num_threads is not None:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = int(num_threads)
+        options.threading.max_intra_op_parallelism = 1
+        ds = ds.with_options(options)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation loop.
+
+@dataclasses.dataclass
+class DetectionSet:
+    """All detections of one evaluation, NumPy, boxes normalized to the original image.
+
+    Attributes:
+      image_ids: [N] image identifiers (file stems, e.g. VOC's ``'000001'``).
+      shapes: int64 [N, 3] original (height, width, channels).
+      boxes: float32 [N, K, 4] ``(ymin, xmin, ymax, xmax)``.
+      scores: float32 [N, K].
+      classes: int32 [N, K] (1..num_classes-1).
+      num_detections: int32 [N]; rows past it are padding.
+    """
+
+    image_ids: list[str]
+    shapes: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    num_detections: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def image_id_from_filename(filename: bytes | str, index: int) -> str:
+    """``b'JPEGImages/000001.jpg'`` -> ``'000001'``; empty -> the read index, 6 digits."""
+    if isinstance(filename, bytes):
+        filename = filename.decode("utf-8", errors="replace")
+    stem = os.path.splitext(os.path.basename(filename.strip()))[0]
+    return stem if stem else f"{index:06d}"
+
+
+def _update_evaluator(evaluator: Any, batch: Mapping[str, np.ndarray], det: Mapping[str, np.ndarray],
+                      remove_difficult: bool) -> None:
+    """Feed one batch (NumPy) to the evaluator: ``update_batch`` when it has one, else per image."""
+    num_gt = batch["num_gt"]
+    difficult = batch["gt_difficult"]
+    if not remove_difficult:
+        difficult = np.zeros_like(difficult)
+    if hasattr(evaluator, "update_batch"):
+        evaluator.update_batch(batch["gt_bboxes"], batch["gt_labels"], difficult, num_gt,
+                               det["boxes"], det["classes"], det["scores"], det["num_detections"])
+        return
+    num_det = det["num_detections"]
+    for i in range(len(num_gt)):
+        g, d = int(num_gt[i]), int(num_det[i])
+        evaluator.update(batch["gt_bboxes"][i, :g], batch["gt_labels"][i, :g], difficult[i, :g],
+                         det["boxes"][i, :d], det["classes"][i, :d], det["scores"][i, :d])
+
+
+_GT_KEYS = ("gt_bboxes", "gt_labels", "gt_difficult", "num_gt", "shape", "filename")
+_DET_KEYS = ("boxes", "scores", "classes", "num_detections")
+
+
+@dataclasses.dataclass
+class RunStats:
+    """Timing of one :func:`run_evaluation` (seconds)."""
+
+    num_images: int = 0
+    num_batches: int = 0
+    total_secs: float = 0.0
+    detect_secs: float = 0.0  # Inside the detector calls (network + post-processing).
+
+
+def run_evaluation(batches: Iterable[Mapping[str, Any]],
+                   detect_fn: DetectFn,
+                   evaluator: Any,
+                   *,
+                   remove_difficult: bool = True,
+                   keep_detections: bool = False,
+                   overlap: bool = True) -> tuple[RunStats, DetectionSet | None]:
+    """Run the detector over ``batches`` and accumulate VOC metrics in ``evaluator``.
+
+    Args:
+      batches: dicts as made by :func:`make_eval_dataset` (tensors or NumPy).
+      detect_fn: ``detect(image, bbox_img) -> {'boxes','scores','classes','num_detections'}``,
+        boxes normalized to the original image.
+      evaluator: a ``tf_extended.metrics.VOCEvaluator`` (``update`` per image, or
+        ``update_batch``).
+      remove_difficult: see :class:`EvalConfig`.
+      keep_detections: also return every detection (for the devkit / COCO files).
+      overlap: update the metrics of batch i in a worker thread while the detector runs
+        batch i+1 (TF releases the GIL while it computes).
+
+    Returns:
+      (RunStats, DetectionSet or None).
+    """
+    stats = RunStats()
+    kept: dict[str, list] = {k: [] for k in ("ids", "shapes", *_DET_KEYS)}
+    start = time.perf_counter()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1) if overlap else None
+    pending: concurrent.futures.Future | None = None
+    try:
+        for batch in batches:
+            t0 = time.perf_counter()
+            det = detect_fn(batch["image"], batch["bbox_img"])
+            # One NumPy transfer per tensor per batch; no per-image work on tensors.
+            det_np = {k: np.asarray(det[k]) for k in _DET_KEYS}
+            stats.detect_secs += time.perf_counter() - t0
+            batch_np = {k: np.asarray(batch[k]) for k in _GT_KEYS if k in batch}
+            batch_np.setdefault("num_gt", np.full([len(det_np["num_detections"])],
+                                                  batch_np["gt_labels"].shape[1], np.int32))
+            if pending is not None:
+                pending.result()  # Keep updates in order and surface their errors.
+            if executor is not None:
+                pending = executor.submit(_update_evaluator, evaluator, batch_np, det_np,
+                                          remove_difficult)
+            else:
+                _update_evaluator(evaluator, batch_np, det_np, remove_difficult)
+            n = len(det_np["num_detections"])
+            if keep_detections:
+                filenames = batch_np.get("filename", np.array([b""] * n))
+                kept["ids"] += [image_id_from_filename(f, stats.num_images + i)
+                                for i, f in enumerate(filenames)]
+                kept["shapes"].append(batch_np["shape"].reshape(n, -1))
+                for k in _DET_KEYS:
+                    kept[k].append(det_np[k])
+            stats.num_images += n
+            stats.num_batches += 1
+        if pending is not None:
+            pending.result()
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+    stats.total_secs = time.perf_counter() - start
+    detections = None
+    if keep_detections:
+        if stats.num_batches:
+            detections = DetectionSet(kept["ids"], np.concatenate(kept["shapes"]),
+                                      *(np.concatenate(kept[k]) for k in _DET_KEYS))
+        else:
+            detections = DetectionSet([], np.zeros([0, 3], np.int64), np.zeros([0, 0, 4], np.float32),
+                                      np.zeros([0, 0], np.float32), np.zeros([0, 0], np.int32),
+                                      np.zeros([0], np.int32))
+    return stats, detections
+
+
+# ---------------------------------------------------------------------------------------
+# Results: the JSON record, the table, the files.
+
+def _json_float(value: Any) -> float | None:
+    """A float for JSON: NaN / None (a class without ground truth) -> None."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _named(aps: Mapping[Any, Any], labels_to_names: Mapping[int, str]) -> dict[str, float | None]:
+    """Per-class AP keyed by class name (ids mapped through ``labels_to_names``)."""
+    out = {}
+    for key, value in aps.items():
+        if isinstance(key, (int, np.integer)):
+            key = labels_to_names.get(int(key), str(int(key)))
+        out[str(key)] = _json_float(value)
+    return out
+
+
+def make_record(checkpoint: str, global_step: int | None, result: Mapping[str, Any],
+                labels_to_names: Mapping[int, str], num_images: int | None = None) -> dict:
+    """The DESIGN.md §6 record: exactly ``RECORD_KEYS``.
+
+    ``result`` is ``VOCEvaluator.result()``; classes are named by ``labels_to_names``; a class
+    without ground truth has AP ``null``.
+    """
+    return {
+        "checkpoint": checkpoint,
+        "global_step": int(global_step) if global_step is not None else 0,
+        "num_images": int(num_images if num_images is not None else result["num_images"]),
+        "mAP_VOC07": _json_float(result["mAP_VOC07"]),
+        "mAP_VOC12": _json_float(result["mAP_VOC12"]),
+        "AP_VOC07": _named(result["AP_VOC07"], labels_to_names),
+        "AP_VOC12": _named(result["AP_VOC12"], labels_to_names),
+    }
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file + rename (readers never see half)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_metrics(eval_dir: str, record: Mapping[str, Any]) -> None:
+    """``<eval_dir>/metrics.json`` (atomically) and one line appended to ``metrics.jsonl``."""
+    os.makedirs(eval_dir, exist_ok=True)
+    _atomic_write_text(os.path.join(eval_dir, METRICS_JSON),
+                       json.dumps(record, indent=2, allow_nan=False) + "\n")
+    with open(os.path.join(eval_dir, METRICS_JSONL), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def read_metrics_history(eval_dir: str) -> list[dict]:
+    """Records of ``<eval_dir>/metrics.jsonl`` (a torn last line, from a crash, is skipped)."""
+    path = os.path.join(eval_dir, METRICS_JSONL)
+    records = []
+    if not os.path.isfile(path):
+        return records
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s:%d: not a JSON line, ignored.", path, line_no)
+    return records
+
+
+def read_evaluated_checkpoints(eval_dir: str) -> set[str]:
+    """Absolute prefixes of the checkpoints already in ``<eval_dir>/metrics.jsonl``."""
+    return {os.path.abspath(r["checkpoint"]) for r in read_metrics_history(eval_dir)
+            if isinstance(r, dict) and r.get("checkpoint")}
+
+
+def format_ap_table(record: Mapping[str, Any]) -> str:
+    """Per-class AP table (VOC07 11-point and VOC12 area) with the mAPs, as text."""
+    names = list(record["AP_VOC07"])
+    width = max([len("mAP"), len("class")] + [len(n) for n in names])
+
+    def cell(value: float | None) -> str:
+        return f"{value:8.4f}" if value is not None else "   no gt"
+
+    lines = [f"checkpoint {record['checkpoint']}  (step {record['global_step']}, "
+             f"{record['num_images']} images)",
+             f"{'class':<{width}}  AP_VOC07  AP_VOC12",
+             "-" * (width + 20)]
+    for name in names:
+        lines.append(f"{name:<{width}}  {cell(record['AP_VOC07'][name])}  "
+                     f"{cell(record['AP_VOC12'].get(name))}")
+    lines.append("-" * (width + 20))
+    lines.append(f"{'mAP':<{width}}  {cell(record['mAP_VOC07'])}  {cell(record['mAP_VOC12'])}")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class PRCurve:
+    """The detections of one class, for a precision-recall curve.
+
+    Attributes:
+      scores: float [M] detection scores.
+      tp: bool/int [M] true positive flags (VOC matching).
+      fp: bool/int [M] false positive flags (detections matched to a difficult box are neither).
+      num_gt: number of (non-difficult) ground-truth boxes.
+    """
+
+    scores: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    num_gt: int
+
+
+def pr_curve_data(curve: PRCurve, num_thresholds: int = PR_CURVE_NUM_THRESHOLDS) -> np.ndarray:
+    """TensorBoard pr_curve tensor float32 [6, T]: TP, FP, TN, FN, precision, recall.
+
+    Column t is for the score threshold t / (T - 1): detections with score >= it count.
+    TN is 0 (undefined for detection); precision is 1 where nothing is detected.
+    """
+    thresholds = np.linspace(0.0, 1.0, num_thresholds)
+    scores = np.asarray(curve.scores, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    scores = scores[order]
+    cum_tp = np.concatenate([[0], np.cumsum(np.asarray(curve.tp, np.float64)[order])])
+    cum_fp = np.concatenate([[0], np.cumsum(np.asarray(curve.fp, np.float64)[order])])
+    # Number of detections with score >= t (scores sorted descending).
+    count = np.searchsorted(-scores, -thresholds, side="right")
+    tp = cum_tp[count]
+    fp = cum_fp[count]
+    fn = np.maximum(float(curve.num_gt) - tp, 0.0)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-12), 1.0)
+    recall = tp / curve.num_gt if curve.num_gt > 0 else np.zeros_like(tp)
+    return np.stack([tp, fp, np.zeros_like(tp), fn, precision, recall]).astype(np.float32)
+
+
+def write_summaries(writer: tf.summary.SummaryWriter, record: Mapping[str, Any], step: int,
+                    pr_curves: Mapping[str, PRCurve] | None = None) -> None:
+    """TensorBoard: ``AP_VOC07/mAP``, ``AP_VOC12/mAP``, ``AP_VOC07/<class>``, ... and PR curves.
+
+    The original's tags (reference §7). PR curves use the pr_curve plugin
+    (``PR_VOC/<class>``) when per-class detections are given.
+    """
+    with writer.as_default(step=int(step)):
+        for metric in ("VOC07", "VOC12"):
+            if record[f"mAP_{metric}"] is not None:
+                tf.summary.scalar(f"AP_{metric}/mAP", record[f"mAP_{metric}"])
+            for name, ap in record[f"AP_{metric}"].items():
+                if ap is not None:
+                    tf.summary.scalar(f"AP_{metric}/{name}", ap)
+        tf.summary.scalar("eval/num_images", record["num_images"])
+        if pr_curves:
+            from tensorboard.plugins.pr_curve import metadata as pr_metadata
+
+            for name, curve in pr_curves.items():
+                meta = pr_metadata.create_summary_metadata(
+                    display_name=f"PR {name}", description="VOC matching, IoU > threshold",
+                    num_thresholds=PR_CURVE_NUM_THRESHOLDS)
+                tf.summary.write(f"PR_VOC/{name}/pr_curves", pr_curve_data(curve), metadata=meta)
+    writer.flush()
+
+
+# -- VOC devkit and COCO detection files ---------------------------------------------------
+
+# The TFRecords store VOC's 1-based pixel coordinates divided by the image side, without a -1
+# (the original converter's rule, kept by datasets/): pixel = normalized * side.
+_VOC_PIXEL_OFFSET = 0.0
+
+
+def _pixel_boxes(detections: DetectionSet, i: int) -> np.ndarray:
+    """Image i's live detections as 1-based pixel ``(xmin, ymin, xmax, ymax)`` [d, 4]."""
+    d = int(detections.num_detections[i])
+    height, width = float(detections.shapes[i][0]), float(detections.shapes[i][1])
+    ymin, xmin, ymax, xmax = np.moveaxis(detections.boxes[i, :d].astype(np.float64), -1, 0)
+    xy = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=-1)
+    xy = xy + _VOC_PIXEL_OFFSET
+    # Keep every box inside the image in the devkit's 1-based pixels.
+    return np.clip(xy, 1.0, np.array([width, height, width, height]))
+
+
+def voc_detection_filename(split_name: str, class_name: str) -> str:
+    """The VOC devkit's results file name, ``comp4_det_<split>_<class>.txt``."""
+    return f"comp4_det_{split_name}_{class_name}.txt"
+
+
+def write_voc_detections(detections_dir: str, split_name: str, detections: DetectionSet,
+                         labels_to_names: Mapping[int, str]) -> list[str]:
+    """VOC devkit submission files, one per class (competition 4: any training data).
+
+    Each line: ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>``, 1-based pixel
+    coordinates of the original image. Every class gets a file, empty when nothing was found.
+
+    Returns:
+      The paths written.
+    """
+    os.makedirs(detections_dir, exist_ok=True)
+    lines: dict[int, list[str]] = {label: [] for label in labels_to_names if label > 0}
+    for i, image_id in enumerate(detections.image_ids):
+        d = int(detections.num_detections[i])
+        if d == 0:
+            continue
+        xy = _pixel_boxes(detections, i)
+        for label, score, box in zip(detections.classes[i, :d], detections.scores[i, :d], xy):
+            lines.setdefault(int(label), []).append(
+                f"{image_id} {score:.6f} {box[0]:.2f} {box[1]:.2f} {box[2]:.2f} {box[3]:.2f}\n")
+    paths = []
+    for label, rows in sorted(lines.items()):
+        name = labels_to_names.get(label, str(label))
+        path = os.path.join(detections_dir, voc_detection_filename(split_name, name))
+        _atomic_write_text(path, "".join(rows))
+        paths.append(path)
+    return paths
+
+
+def read_voc_detections(detections_dir: str, split_name: str,
+                        labels_to_names: Mapping[int, str]) -> dict[str, list[tuple]]:
+    """Parse devkit files back: ``{image_id: [(label, score, xmin, ymin, xmax, ymax), ...]}``.
+
+    Raises:
+      ValueError: a malformed line (names the file and line).
+    """
+    out: dict[str, list[tuple]] = {}
+    for label, name in sorted(labels_to_names.items()):
+        if label <= 0:
+            continue
+        path = os.path.join(detections_dir, voc_detection_filename(split_name, name))
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 6:
+                    raise ValueError(f"{path}:{line_no}: expected 'image_id score xmin ymin xmax "
+                                     f"ymax', got {line.strip()!r}")
+                out.setdefault(parts[0], []).append((label, *map(float, parts[1:])))
+    return out
+
+
+def write_coco_detections(path: str, detections: DetectionSet,
+                          labels_to_names: Mapping[int, str]) -> int:
+    """COCO results JSON: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
+
+    ``bbox`` is in 0-based pixels of the original image (COCO's convention), converted from
+    the VOC 1-based inclusive box as ``x = xmin - 1, w = xmax - xmin + 1``. ``image_id`` is
+    an int when the VOC id is all digits (``'000001'`` -> 1), else the string;
+    ``category_id`` is the label id; ``category_name`` is added for readability.
+
+    Returns:
+      The number of detections written.
+    """
+    rows = []
+    for i, image_id in enumerate(detections.image_ids):
+        d = int(detections.num_detections[i])
+        if d == 0:
+            continue
+        coco_id: int | str = int(image_id) if image_id.isdigit() else image_id
+        xy = _pixel_boxes(detections, i)
+        for label, score, box in zip(detections.classes[i, :d], detections.scores[i, :d], xy):
+            rows.append({
+                "image_id": coco_id,
+                "category_id": int(label),
+                "category_name": labels_to_names.get(int(label), str(int(label))),
+                "bbox": [round(float(box[0] - 1.0), 2), round(float(box[1] - 1.0), 2),
+                         round(float(box[2] - box[0] + 1.0), 2), round(float(box[3] - box[1] + 1.0), 2)],
+                "score": round(float(score), 6),
+            })
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _atomic_write_text(path, json.dumps(rows) + "\n")
+    return len(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Model: which net a checkpoint needs, and its weights.
+
+class SettingsError(ValueError):
+    """Flags and checkpoint disagree (model, classes, anchors); the message says which."""
+
+
+def read_checkpoint_metadata(prefix: str) -> dict | None:
+    """The checkpoint's ``.ssd.json`` sidecar (``nets.checkpoints.read_metadata``), or None."""
+    from nets import checkpoints
+
+    return checkpoints.read_metadata(prefix)
+
+
+def resolve_params(model_name: str,
+                   *,
+                   num_classes: int | None = None,
+                   anchor_preset: str | None = None,
+                   image_size: int | None = None,
+                   metadata: Mapping[str, Any] | None = None,
+                   checkpoint: str | None = None,
+                   default_num_classes: int | None = None) -> Any:
+    """The ``SSDParams`` to evaluate a checkpoint with.
+
+    Each setting comes from the flag when given, else the checkpoint's sidecar, else (no
+    sidecar: the original project's and converted checkpoints) the checkpoint's class head
+    size, the dataset's number of classes, and the network's defaults.
+
+    Args:
+      model_name: registry name (``--model_name``).
+      num_classes: ``--num_classes`` (with the background), or None.
+      anchor_preset: ``--anchor_preset`` ('voc', 'coco_ft', ...), or None.
+      image_size: ``--eval_image_size``: square network input side, or None.
+      metadata: the checkpoint's sidecar dict, or None.
+      checkpoint: the checkpoint prefix (to infer the number of classes without a sidecar).
+      default_num_classes: the dataset's number of classes (incl. background).
+
+    Raises:
+      SettingsError: a flag contradicts the sidecar (another model, class count or anchor
+        preset: evaluating with the wrong anchors gives a silently wrong mAP, reference §12).
+      ValueError: unknown model or preset.
+    """
+    import dataclasses as _dc
+
+    from nets import checkpoints, nets_factory
+
+    net_class = nets_factory.get_network(model_name)
+    params = net_class.default_params
+    where = f"{checkpoint}{checkpoints.SIDECAR_SUFFIX}" if checkpoint else "the checkpoint sidecar"
+    if metadata:
+        if metadata.get("model_name") not in (None, model_name):
+            raise SettingsError(f"{where}: checkpoint is a {metadata['model_name']} model, but "
+                                f"--model_name={model_name}")
+        if num_classes is not None and "num_classes" in metadata and \
+                int(metadata["num_classes"]) != int(num_classes):
+            raise SettingsError(f"{where}: checkpoint has {metadata['num_classes']} classes, but "
+                                f"--num_classes={num_classes}")
+        if anchor_preset is not None and metadata.get("anchor_preset") not in (None, anchor_preset):
+            raise SettingsError(f"{where}: checkpoint was trained with anchor preset "
+                                f"{metadata['anchor_preset']!r}, but --anchor_preset={anchor_preset}")
+        params = checkpoints.params_from_metadata(metadata, params)
+    else:
+        if num_classes is None and checkpoint is not None:
+            try:
+                num_classes = checkpoints.infer_num_classes(checkpoint, model_name)
+            except (tf.errors.OpError, OSError, ValueError):
+                num_classes = None
+        if num_classes is None:
+            num_classes = default_num_classes
+        if num_classes is not None:
+            params = _dc.replace(params, num_classes=int(num_classes),
+                                 no_annotation_label=int(num_classes))
+        if anchor_preset is not None:
+            params = params.with_anchor_preset(anchor_preset)
+        elif checkpoint is not None:
+            logger.warning("%s has no %s sidecar: evaluating with anchor preset %r; pass "
+                           "--anchor_preset if the model was trained with other anchors (the "
+                           "original's published ssd_300_vgg.ckpt needs 'coco_ft').", checkpoint,
+                           checkpoints.SIDECAR_SUFFIX, params.anchor_preset)
+    if image_size is not None and tuple(params.img_shape) != (image_size, image_size):
+        logger.warning("Evaluating at %dx%d instead of the trained %s (anchor sizes and steps "
+                       "stay in pixels).", image_size, image_size, tuple(params.img_shape))
+        params = params.with_img_shape((image_size, image_size))
+    return params
+
+
+def _ema_tf1_names(names: Iterable[str], reader_names: Mapping[str, Any]) -> dict[str, str] | None:
+    """TF1 ``ExponentialMovingAverage`` shadows: ``<name>/ExponentialMovingAverage`` for all."""
+    mapping = {n: f"{n}/ExponentialMovingAverage" for n in names}
+    return mapping if all(v in reader_names for v in mapping.values()) else None
+
+
+def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str:
+    """Load a checkpoint (TF1 names, converted Caffe, or the trainer's) into ``net``.
+
+    With ``use_moving_average``, the exponential moving averages of the weights replace them
+    when the checkpoint holds them (TF1 ``<name>/ExponentialMovingAverage`` shadows, or the
+    trainer's ``ema`` object); otherwise a warning says the raw weights are used.
+
+    Returns:
+      ``'moving_average'`` or ``'weights'``: what was loaded.
+
+    Raises:
+      checkpoint_watch.CheckpointUnavailableError: the files vanished or are truncated.
+      nets.checkpoints.CheckpointMismatchError: the checkpoint is of another net (by name).
+    """
+    if not checkpoint_watch.checkpoint_exists(prefix):
+        raise checkpoint_watch.CheckpointUnavailableError(f"{prefix}: checkpoint files are gone")
+    try:
+        net.load_checkpoint(prefix)
+        if not use_moving_average:
+            return "weights"
+        reader = tf.train.load_checkpoint(prefix)
+        reader_names = reader.get_variable_to_shape_map()
+        variables = net.variables_by_checkpoint_name()
+        ema = _ema_tf1_names(variables, reader_names)
+        if ema is not None:
+            for name, var in variables.items():
+                var.assign(reader.get_tensor(ema[name]))
+            return "moving_average"
+        ema_values = _trainer_ema_values(net, prefix, reader_names)
+        if ema_values is not None:
+            for var, value in ema_values:
+                var.assign(value)
+            return "moving_average"
+    except (FileNotFoundError, tf.errors.NotFoundError, tf.errors.DataLossError,
+            tf.errors.OutOfRangeError) as err:
+        raise checkpoint_watch.CheckpointUnavailableError(
+            f"{prefix}: cannot read checkpoint: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from err
+    logger.warning("%s holds no moving averages of the weights: evaluating the raw weights.",
+                   prefix)
+    return "weights"
+
+
+def _trainer_ema_values(net: Any, prefix: str, reader_names: Mapping[str, Any]) -> list | None:
+    """The trainer's EMA shadows as (net variable, value) pairs, or None when absent."""
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint after checkpoint.
+
+def default_evaluator_factory(num_classes: int, matching_threshold: float,
+                              labels_to_names: Mapping[int, str]) -> Any:
+    """A ``tf_extended.metrics.VOCEvaluator`` for ``num_classes`` (incl. background)."""
+    from tf_extended import metrics
+
+    return metrics.VOCEvaluator(num_classes=num_classes, matching_threshold=matching_threshold)
+
+
+def evaluator_pr_curves(evaluator: Any, labels_to_names: Mapping[int, str]) -> dict[str, PRCurve]:
+    """Per-class detections (scores, TP/FP flags, #gt) of a VOCEvaluator, by class name."""
+    getter = getattr(evaluator, "pr_data", None)
+    if getter is None:
+        return {}
+    curves = {}
+    for key, value in getter().items():
+        name = labels_to_names.get(int(key), str(key)) if isinstance(key, (int, np.integer)) else str(key)
+        curves[name] = PRCurve(np.asarray(value["scores"]), np.asarray(value["tp"]),
+                               np.asarray(value["fp"]), int(value["num_gt"]))
+    return curves
+
+
+class CheckpointEvaluator:
+    """Evaluates checkpoints one after another: one network, one tf.function, one dataset.
+
+    The network is built at the first checkpoint, from the flags and that checkpoint's
+    sidecar (:func:`resolve_params`); later checkpoints must agree with it.
+    Each :meth:`evaluate` writes ``metrics.json`` / ``metrics.jsonl``, TensorBoard summaries
+    at the checkpoint's global step and, with ``detections_dir``, the devkit and COCO files.
+    """
+
+    def __init__(self,
+                 *,
+                 model_name: str,
+                 dataset_spec: Any,
+                 preprocess_fn: Callable[..., tuple],
+                 config: EvalConfig,
+                 eval_dir: str,
+                 detections_dir: str | None = None,
+                 num_classes: int | None = None,
+                 anchor_preset: str | None = None,
+                 image_size: int | None = None,
+                 num_parallel_calls: int = tf.data.AUTOTUNE,
+                 num_threads: int | None = None,
+                 check_size: bool = False,
+                 evaluator_factory: Callable[..., Any] = default_evaluator_factory,
+                 write_tensorboard: bool = True,
+                 net: Any = None):
+        """Args: see the module and :class:`EvalConfig`; ``dataset_spec`` is a
+        ``datasets.dataset_factory.DatasetSpec`` (``read()``, ``labels_to_names``,
+        ``split_name``, ``num_classes``); ``net`` skips building (tests, notebooks)."""
+        self.model_name = model_name
+        self.dataset_spec = dataset_spec
+        self.preprocess_fn = preprocess_fn
+        self.config = config
+        self.eval_dir = eval_dir
+        self.detections_dir = detections_dir
+        self.flags = {"num_classes": num_classes, "anchor_preset": anchor_preset,
+                      "image_size": image_size}
+        self.num_parallel_calls = num_parallel_calls
+        self.num_threads = num_threads
+        self.check_size = check_size
+        self.evaluator_factory = evaluator_factory
+        self.write_tensorboard = write_tensorboard
+        self.net = net
+        self.metadata: dict | None = None
+        self.labels_to_names = {int(k): str(v) for k, v in dataset_spec.labels_to_names.items()}
+        self._detect_fn: DetectFn | None = None
+        self._dataset: tf.data.Dataset | None = None
+        self._writer: tf.summary.SummaryWriter | None = None
+        self.last_stats: RunStats | None = None
+        self.last_detections: DetectionSet | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _setup(self, prefix: str, metadata: dict | None) -> None:
+        if self.net is None:
+            from nets import nets_factory
+
+            params = resolve_params(self.model_name, metadata=metadata, checkpoint=prefix,
+                                    default_num_classes=self.dataset_spec.num_classes,
+                                    **self.flags)
+            self.net = nets_factory.get_network(self.model_name)(params)
+            logger.info("Built %s: %d classes, anchor preset %r, input %s.", self.model_name,
+                        params.num_classes, params.anchor_preset, tuple(params.img_shape))
+        self.metadata = metadata
+        params = self.net.params
+        if params.num_classes < self.dataset_spec.num_classes:
+            raise SettingsError(f"{prefix}: the model has {params.num_classes} classes, the "
+                                f"dataset {self.dataset_spec.name} has "
+                                f"{self.dataset_spec.num_classes} (with background)")
+        self._detect_fn = make_detect_fn(self.net, self.config)
+        self._dataset = make_eval_dataset(self.dataset_spec.read(), self.preprocess_fn,
+                                          params.img_shape, self.config.batch_size,
+                                          self.config.max_num_batches, self.num_parallel_calls,
+                                          num_threads=self.num_threads, check_size=self.check_size)
+
+    def _check_same_model(self, prefix: str, metadata: dict | None) -> None:
+        """A later checkpoint must fit the net built for the first one."""
+        if metadata is None or metadata == self.metadata:
+            return
+        from nets import checkpoints
+
+        params = checkpoints.params_from_metadata(metadata, self.net.params)
+        mine = self.net.params
+        if (metadata.get("model_name") not in (None, self.model_name)
+                or params.num_classes != mine.num_classes
+                or params.anchor_sizes != mine.anchor_sizes
+                or params.anchor_ratios != mine.anchor_ratios):
+            raise SettingsError(f"{prefix}{checkpoints.SIDECAR_SUFFIX}: this checkpoint's model "
+                                "(classes/anchors) differs from the one evaluated so far; "
+                                "evaluate it in a separate run")
+
+    # -- one checkpoint --------------------------------------------------------------------------
+
+    def evaluate(self, checkpoint: str) -> dict:
+        """Evaluate one checkpoint (prefix, file or directory); returns its metrics record."""
+        prefix = checkpoint_watch.resolve_checkpoint(checkpoint)
+        metadata = read_checkpoint_metadata(prefix)
+        if self._detect_fn is None:
+            self._setup(prefix, metadata)
+        else:
+            self._check_same_model(prefix, metadata)
+        global_step = checkpoint_watch.read_global_step(prefix)
+        loaded = load_weights(self.net, prefix, self.config.use_moving_average)
+        logger.info("Evaluating %s (step %s, %s).", prefix, global_step, loaded)
+
+        evaluator = self.evaluator_factory(self.net.params.num_classes,
+                                           self.config.matching_threshold, self.labels_to_names)
+        keep = self.detections_dir is not None
+        stats, detections = run_evaluation(self._dataset, self._detect_fn, evaluator,
+                                           remove_difficult=self.config.remove_difficult,
+                                           keep_detections=keep)
+        result = evaluator.result()
+        record = make_record(prefix, global_step, result, self.labels_to_names, stats.num_images)
+        logger.info("%s: %d images in %.1f s (%.2f images/s, %.0f%% in the detector); "
+                    "mAP VOC07 %s, VOC12 %s.", os.path.basename(prefix), stats.num_images,
+                    stats.total_secs, stats.num_images / max(stats.total_secs, 1e-9),
+                    100.0 * stats.detect_secs / max(stats.total_secs, 1e-9),
+                    record["mAP_VOC07"], record["mAP_VOC12"])
+        write_metrics(self.eval_dir, record)
+        if self.write_tensorboard:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.eval_dir)
+            write_summaries(self._writer, record, record["global_step"],
+                            evaluator_pr_curves(evaluator, self.labels_to_names))
+        if keep:
+            split = self.dataset_spec.split_name
+            write_voc_detections(self.detections_dir, split, detections, self.labels_to_names)
+            write_coco_detections(os.path.join(self.detections_dir, f"detections_{split}_coco.json"),
+                                  detections, self.labels_to_names)
+        self.last_stats = stats
+        self.last_detections = detections
+        return record
+
+    def close(self) -> None:
+        """Flush and close the summary writer."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def evaluate_as_trained(evaluator: CheckpointEvaluator, train_dir: str, *,
+                        interval_secs: float = 60.0, timeout_secs: float | None = None,
+                        on_record: Callable[[dict], None] | None = None,
+                        **watch_kwargs) -> checkpoint_watch.WatchStats:
+    """Evaluate each new checkpoint of ``train_dir`` once, oldest first, until the timeout.
+
+    Checkpoints already in ``<eval_dir>/metrics.jsonl`` are skipped (restarts resume).
+    A checkpoint whose model differs from the first one's is logged and skipped.
+    """
+    done = read_evaluated_checkpoints(evaluator.eval_dir)
+    if done:
+        logger.info("%d checkpoint(s) already evaluated in %s/%s: skipped.", len(done),
+                    evaluator.eval_dir, METRICS_JSONL)
+
+    def evaluate_one(prefix: str) -> None:
+        try:
+            record = evaluator.evaluate(prefix)
+        except checkpoint_watch.CheckpointNotFoundError as err:  # Rotated away meanwhile.
+            raise checkpoint_watch.CheckpointUnavailableError(str(err)) from err
+        except SettingsError as err:
+            logger.error("%s", err)
+            return
+        if on_record is not None:
+            on_record(record)
+
+    return checkpoint_watch.watch(train_dir, evaluate_one, interval_secs=interval_secs,
+                                  timeout_secs=timeout_secs, already_evaluated=done,
+                                  **watch_kwargs)
