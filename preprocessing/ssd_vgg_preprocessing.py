@@ -1,0 +1,264 @@
+"""SSD-VGG preprocessing: Caffe SSD's training augmentation, the original's, and eval resizing.
+
+Boxes are ``(ymin, xmin, ymax, xmax)``, normalized to the image they belong to. Images come in
+as uint8 RGB [H, W, 3] and leave as float32 RGB minus the means (123, 117, 104). Everything is TF
+ops (no py_function, no NumPy at run time), runs eagerly, in ``tf.function`` and in
+``tf.data.Dataset.map``, and draws its randomness only from stateless ops seeded by ``seed``.
+
+Training chain (``chain='caffe'``, the default; Caffe SSD's AnnotatedDataLayer order):
+photometric distortions -> expand (zoom-out) filled with the mean -> 7 batch samplers ->
+keep boxes whose centre is in the crop (clipped) -> horizontal flip -> warp resize with a random
+interpolation -> mean subtraction. Expand, crop, flip and resize are sampled in box coordinates
+and rendered by one ``crop_and_resize`` of the original image; the photometric distortions run
+on the (small) output afterwards and the expand fill is reset to the exact mean, see
+docs/preprocessing.md for why this equals Caffe's order up to clipping/rounding details.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Sequence
+
+import tensorflow as tf
+
+from preprocessing import geometry, photometric
+from preprocessing.geometry import CAFFE_BATCH_SAMPLERS, BatchSampler
+from preprocessing.photometric import CAFFE_PHOTOMETRIC, PhotometricParams
+
+# Caffe SSD mean_value [104, 117, 123] (BGR) -> RGB; the original project used the same.
+RGB_MEANS = (123.0, 117.0, 104.0)
+
+# Caffe's resize_param interp_mode in ssd_pascal.py is [LINEAR, AREA, NEAREST, CUBIC, LANCZOS4],
+# one picked uniformly. crop_and_resize offers bilinear and nearest only, so the four smooth
+# modes map to bilinear: nearest keeps Caffe's 1-in-5 share.
+CAFFE_INTERPOLATIONS = ("bilinear", "bilinear", "nearest", "bilinear", "bilinear")
+
+TRAIN_CHAINS = ("caffe", "original")
+
+
+class Resize(enum.IntEnum):
+    """Eval resize modes, numbered as in balancap/SSD-Tensorflow."""
+
+    NONE = 1            # keep the original size
+    CENTRAL_CROP = 2    # central crop or zero-pad (after mean subtraction) to out_shape
+    PAD_AND_RESIZE = 3  # shrink to fit (aspect kept, never enlarge), then pad centrally
+    WARP_RESIZE = 4     # bilinear warp to out_shape (default)
+
+
+def _as_seed(seed: tf.Tensor | Sequence[int] | None) -> tf.Tensor:
+    if seed is None:
+        # No seed given: draw one (non-reproducible, like the stateful ops would be).
+        return tf.random.uniform([2], maxval=2**62, dtype=tf.int64)
+    return tf.cast(tf.reshape(tf.convert_to_tensor(seed), [2]), tf.int64)
+
+
+def _prepare(labels, bboxes, difficult):
+    bboxes = tf.reshape(tf.cast(bboxes, tf.float32), [-1, 4])
+    labels = tf.convert_to_tensor(labels)
+    if difficult is None:
+        difficult = tf.zeros_like(labels, dtype=tf.int64)
+    return labels, bboxes, tf.convert_to_tensor(difficult)
+
+
+def _drop_difficult(labels, bboxes, difficult):
+    keep = tf.equal(difficult, 0)
+    return tf.boolean_mask(labels, keep), tf.boolean_mask(bboxes, keep), tf.boolean_mask(difficult, keep)
+
+
+def _check_out_shape(out_shape) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in out_shape)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"out_shape must be two Python ints (height, width), got {out_shape!r}.") from exc
+    if h < 1 or w < 1:
+        raise ValueError(f"out_shape must be positive, got {out_shape!r}.")
+    return h, w
+
+
+def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
+                         out_shape: Sequence[int], difficult: tf.Tensor | None = None,
+                         seed: tf.Tensor | Sequence[int] | None = None, *,
+                         chain: str = "caffe",
+                         photometric_params: PhotometricParams | None = CAFFE_PHOTOMETRIC,
+                         expand: bool = True,
+                         expand_prob: float = geometry.CAFFE_EXPAND_PROB,
+                         max_expand_ratio: float = geometry.CAFFE_MAX_EXPAND_RATIO,
+                         samplers: Sequence[BatchSampler] | None = CAFFE_BATCH_SAMPLERS,
+                         flip: bool = True,
+                         interpolations: Sequence[str] = CAFFE_INTERPOLATIONS,
+                         color_distortion: bool = True,
+                         drop_difficult: bool = False,
+                         means: Sequence[float] = RGB_MEANS,
+                         return_difficult: bool = False):
+    """Training augmentation for one image.
+
+    Args:
+      image: uint8 [H, W, 3] RGB.
+      labels: int [n] class ids.
+      bboxes: float [n, 4] ``(ymin, xmin, ymax, xmax)`` normalized; n may be 0.
+      out_shape: (height, width) Python ints, e.g. (300, 300).
+      difficult: int [n] VOC difficult flags, or None (all 0).
+      seed: int [2] per-example seed for the stateless random ops (same seed, same output);
+        None draws one (not reproducible).
+      chain: 'caffe' (Caffe SSD, default) or 'original' (balancap/SSD-Tensorflow:
+        sample_distorted_bounding_box with min_object_covered 0.25, aspect (0.6, 1.67), area
+        (0.1, 1), 200 attempts; boxes with <= 0.5 of their area inside dropped, not clipped;
+        its 4-order colour distortion; bilinear warp; flip).
+      photometric_params: Caffe distortion parameters; None switches them off ('caffe').
+      expand, expand_prob, max_expand_ratio: Caffe's zoom-out ('caffe').
+      samplers: Caffe batch samplers; None or () switches cropping off ('caffe').
+      flip: random horizontal flip with p=0.5 (both chains).
+      interpolations: names drawn uniformly per image for the warp resize ('bilinear',
+        'nearest'; repeats weight the draw). The original chain uses bilinear only.
+      color_distortion: the original chain's colour distortion on/off ('original').
+      drop_difficult: remove difficult boxes before anything else (default: keep them, as
+        Caffe SSD trains on them).
+      means: RGB means subtracted at the end; the expand fill becomes exactly 0.
+      return_difficult: also return the difficult flags of the kept boxes.
+
+    Returns:
+      ``(image, labels, bboxes)`` (+ ``difficult`` if asked): float32 [h, w, 3] RGB minus the
+      means (values in [-mean, 255 - mean]), the kept labels [m] and their boxes [m, 4]
+      ``(ymin, xmin, ymax, xmax)`` normalized to the output image.
+    """
+    if chain not in TRAIN_CHAINS:
+        raise ValueError(f"Unknown training chain {chain!r}; choose from {TRAIN_CHAINS}.")
+    out_shape = _check_out_shape(out_shape)
+    for name in interpolations:
+        if name not in geometry.INTERPOLATIONS:
+            raise ValueError(f"interpolation {name!r} is not supported; choose from {geometry.INTERPOLATIONS}.")
+    with tf.name_scope("ssd_preprocessing_train"):
+        image = tf.convert_to_tensor(image)
+        labels, bboxes, difficult = _prepare(labels, bboxes, difficult)
+        if drop_difficult:
+            labels, bboxes, difficult = _drop_difficult(labels, bboxes, difficult)
+        seeds = tf.random.experimental.stateless_split(_as_seed(seed), num=6)
+        image_shape = tf.shape(image)
+
+        if chain == "caffe":
+            if expand:
+                canvas = geometry.sample_expand(image_shape, seeds[0], expand_prob, max_expand_ratio)
+            else:
+                canvas = tf.constant(geometry.UNIT_WINDOW)
+            if samplers:
+                window, _, _ = geometry.sample_batch_crop(bboxes, seeds[1], canvas, samplers)
+            else:
+                window = canvas
+            projected, keep = geometry.boxes_in_window_caffe(bboxes, window)
+        else:
+            window = geometry.sample_original_crop(image_shape, bboxes, seeds[1])
+            projected, keep = geometry.boxes_in_window_original(bboxes, window)
+            interpolations = ("bilinear",)
+        labels = tf.boolean_mask(labels, keep)
+        bboxes = tf.boolean_mask(projected, keep)
+        difficult = tf.boolean_mask(difficult, keep)
+
+        coins = tf.random.stateless_uniform([2], seed=seeds[2])
+        do_flip = tf.logical_and(tf.constant(flip), coins[0] < 0.5)
+        bboxes = tf.cond(do_flip, lambda: geometry.flip_bboxes(bboxes), lambda: bboxes)
+
+        methods = sorted(set(interpolations))
+        if len(methods) == 1:
+            pixels, inside = geometry.render_window(image, window, out_shape, do_flip, methods[0])
+        else:
+            share = sum(name == "nearest" for name in interpolations) / len(interpolations)
+            pixels, inside = tf.cond(
+                coins[1] < share,
+                lambda: geometry.render_window(image, window, out_shape, do_flip, "nearest"),
+                lambda: geometry.render_window(image, window, out_shape, do_flip, "bilinear"))
+
+        if chain == "caffe" and photometric_params is not None:
+            pixels = photometric.caffe_distort(pixels, seeds[3], photometric_params)
+        elif chain == "original" and color_distortion:
+            pixels = photometric.original_distort_color(pixels, seeds[3])
+
+        means_t = tf.constant(means, tf.float32)
+        out = tf.where(inside, pixels - means_t, 0.0)
+        out = tf.ensure_shape(out, [out_shape[0], out_shape[1], 3])
+        if return_difficult:
+            return out, labels, bboxes, difficult
+        return out, labels, bboxes
+
+
+def _crop_or_pad_window(size: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Where an image of ``size`` [2] lands in ``tf.image.resize_with_crop_or_pad(target)``.
+
+    Returns the image's top-left and bottom-right in output units (float32 [2] each).
+    """
+    offset_crop = tf.maximum((size - target) // 2, 0)
+    offset_pad = tf.maximum((target - size) // 2, 0)
+    start = tf.cast(offset_pad - offset_crop, tf.float32) / tf.cast(target, tf.float32)
+    end = start + tf.cast(size, tf.float32) / tf.cast(target, tf.float32)
+    return start, end
+
+
+def preprocess_for_eval(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
+                        out_shape: Sequence[int], difficult: tf.Tensor | None = None,
+                        resize: Resize | int = Resize.WARP_RESIZE, *,
+                        drop_difficult: bool = False,
+                        means: Sequence[float] = RGB_MEANS):
+    """Eval preprocessing for one image (the original's modes).
+
+    Args:
+      image: uint8 [H, W, 3] RGB.
+      labels: int [n]; bboxes: float [n, 4] ``(ymin, xmin, ymax, xmax)`` normalized.
+      out_shape: (height, width) Python ints (ignored by ``Resize.NONE``).
+      difficult: int [n] or None; used only with ``drop_difficult``.
+      resize: a :class:`Resize` mode (default WARP_RESIZE).
+      drop_difficult: remove difficult boxes (default keep; VOC eval needs them flagged).
+      means: RGB means to subtract.
+
+    Returns:
+      ``(image, labels, bboxes, bbox_img)``: float32 [h, w, 3] RGB minus the means (padding is
+      0, i.e. the mean); labels [m]; bboxes [m, 4] in *output-image* units; ``bbox_img`` float32
+      [4], the original image's extent in output-image units, so detections map back to the
+      original image with ``tf_extended.boxes.resize_to_window(det, bbox_img)``
+      (:func:`bboxes_to_original`).
+    """
+    resize = Resize(int(resize))
+    with tf.name_scope("ssd_preprocessing_eval"):
+        image = tf.convert_to_tensor(image)
+        labels, bboxes, difficult = _prepare(labels, bboxes, difficult)
+        if drop_difficult:
+            labels, bboxes, difficult = _drop_difficult(labels, bboxes, difficult)
+        image = tf.cast(image, tf.float32) - tf.constant(means, tf.float32)
+        bbox_img = tf.constant(geometry.UNIT_WINDOW)
+        if resize == Resize.NONE:
+            pass
+        else:
+            height, width = _check_out_shape(out_shape)
+            target = tf.constant([height, width], tf.int32)
+            if resize == Resize.WARP_RESIZE:
+                image = tf.image.resize(image, [height, width], method="bilinear")
+            else:
+                if resize == Resize.PAD_AND_RESIZE:
+                    size = tf.shape(image)[:2]
+                    factor = tf.minimum(1.0, tf.reduce_min(tf.cast(target, tf.float64) / tf.cast(size, tf.float64)))
+                    size = tf.cast(tf.floor(factor * tf.cast(size, tf.float64)), tf.int32)
+                    size = tf.maximum(size, 1)
+                    image = tf.image.resize(image, size, method="bilinear")
+                start, end = _crop_or_pad_window(tf.shape(image)[:2], target)
+                image = tf.image.resize_with_crop_or_pad(image, height, width)
+                bbox_img = tf.concat([start, end], axis=0)
+            image = tf.ensure_shape(image, [height, width, 3])
+        bboxes = geometry.tfe_boxes.resize_from_window(bboxes, bbox_img)
+        return image, labels, bboxes, bbox_img
+
+
+def bboxes_to_original(bboxes: tf.Tensor, bbox_img: tf.Tensor, clip: bool = True) -> tf.Tensor:
+    """Map ``(ymin, xmin, ymax, xmax)`` boxes from eval output units back to the original image.
+
+    Args:
+      bboxes: [..., K, 4] boxes (e.g. detections) in output-image units.
+      bbox_img: [..., 4] from :func:`preprocess_for_eval` (batched: [N, 4] with bboxes [N, K, 4]).
+      clip: clip the result to the image (detections in the padding are cut to it).
+    """
+    bbox_img = tf.convert_to_tensor(bbox_img)
+    bboxes = geometry.tfe_boxes.resize_to_window(bboxes, bbox_img[..., tf.newaxis, :])
+    return geometry.tfe_boxes.clip(bboxes) if clip else bboxes
+
+
+def preprocess_image(image, labels, bboxes, out_shape, difficult=None, is_training=False, **kwargs):
+    """The original's entry point: dispatch to :func:`preprocess_for_train` or :func:`preprocess_for_eval`."""
+    if is_training:
+        return preprocess_for_train(image, labels, bboxes, out_shape, difficult, **kwargs)
+    return preprocess_for_eval(image, labels, bboxes, out_shape, difficult, **kwargs)
