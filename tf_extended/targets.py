@@ -39,6 +39,10 @@ import tensorflow as tf
 
 from tf_extended import boxes as tfe_boxes
 
+# (*) Ties: tf.argmax returns the lowest index among equal maxima on CPU, GPU and XLA (Eigen's
+# and XLA's argmax reducers break ties by index); the tests on grid boxes, full of exact ties,
+# check this against Caffe's loop.
+
 # Caffe's MatchBBox keeps only overlaps above 1e-6 as matching candidates (bbox_util.cpp).
 _CAFFE_MIN_OVERLAP = 1e-6
 
@@ -49,12 +53,31 @@ def _bipartite_match(iou: tf.Tensor, num_candidates: int | tf.Tensor) -> tf.Tens
     """Caffe's greedy bipartite step.
 
     Args:
-      iou: [N, G, A] float32; rows of invalid ground truths hold -1.
+      iou: [N, G, A] float32; rows of invalid ground truths hold 0.
       num_candidates: min(G, A), the number of best anchors kept per ground truth.
 
     Returns:
       [N, G] int32: the anchor each ground truth took, or -1.
     """
+    shape = tf.shape(iou)
+    num_gt = shape[1]
+    num_a = shape[2]
+    a_range = tf.range(num_a)
+    g_range = tf.range(num_gt)
+    # Fast path: when the ground truths' best anchors are all different, greedy matching gives
+    # each ground truth its best anchor (taking the global best pair never removes another
+    # ground truth's best anchor). Equal IoUs: the lower anchor index, as in the loop.
+    row_arg = tf.argmax(iou, axis=2, output_type=tf.int32)  # [N, G]; first index on ties (*)
+    row_best = tf.gather(iou, row_arg[:, :, tf.newaxis], axis=2, batch_dims=2)[:, :, 0]
+    row_ok = row_best > _CAFFE_MIN_OVERLAP
+    clash = (row_arg[:, :, tf.newaxis] == row_arg[:, tf.newaxis, :]) & row_ok[:, :, tf.newaxis] \
+        & row_ok[:, tf.newaxis, :] & (g_range[:, tf.newaxis] != g_range[tf.newaxis, :])
+    fast = tf.where(row_ok, row_arg, -1)
+    return tf.cond(tf.reduce_any(clash), lambda: _greedy_rounds(iou, num_candidates), lambda: fast)
+
+
+def _greedy_rounds(iou: tf.Tensor, num_candidates: int | tf.Tensor) -> tf.Tensor:
+    """The general case of :func:`_bipartite_match`: rounds of locally dominant pairs."""
     shape = tf.shape(iou)
     num_gt = shape[1]
     cand_val, cand_idx = tf.math.top_k(iou, k=num_candidates)  # [N, G, K], (value desc, index asc)
@@ -147,15 +170,15 @@ def batch_encode_targets(gt_labels: tf.Tensor,
     if num_gt is not None:
         num_gt = tf.cast(tf.reshape(num_gt, [-1]), tf.int32)
         valid = valid & (g_range[tf.newaxis, :] < num_gt[:, tf.newaxis])
+        # Zero the padding: a zero box has IoU 0 with every anchor, so it can never be
+        # anyone's best (best IoU 0 is neither positive nor a bipartite candidate).
+        gt_bboxes = tf.where(valid[:, :, tf.newaxis], gt_bboxes, 0.0)
 
-    iou = tfe_boxes.iou(gt_bboxes, anchors)  # [N, G+1, A]
-    iou = tf.where(valid[:, :, tf.newaxis], iou, -1.0)
+    iou = tfe_boxes.iou(gt_bboxes, anchors)  # [N, G+1, A]; 0 for invalid boxes
 
-    # Per anchor: best ground truth, ties to the lower index (explicit, tf.argmax does not promise it).
-    best_iou = tf.reduce_max(iou, axis=1)  # [N, A]
-    best_gt = tf.reduce_min(
-        tf.where(iou == best_iou[:, tf.newaxis, :], g_range[tf.newaxis, :, tf.newaxis], num_slots), axis=1)
-    best_iou = tf.maximum(best_iou, 0.0)
+    # Per anchor: best ground truth, ties to the lower index (*).
+    best_gt = tf.argmax(iou, axis=1, output_type=tf.int32)  # [N, A]
+    best_iou = tf.reduce_max(iou, axis=1)
     assigned = tf.where(best_iou > match_threshold, best_gt, -1)  # [N, A]
     scores = best_iou
 
@@ -165,14 +188,18 @@ def batch_encode_targets(gt_labels: tf.Tensor,
             num_candidates = min(static_g, num_anchors)
         else:
             num_candidates = tf.minimum(num_slots, tf.shape(anchors)[0])
-        forced = _bipartite_match(iou, num_candidates)  # [N, G+1]
-        a_range = tf.range(tf.shape(anchors)[0])
-        forced_hit = forced[:, :, tf.newaxis] == a_range[tf.newaxis, tf.newaxis, :]  # [N, G+1, A]
-        forced_gt = tf.reduce_max(tf.where(forced_hit, g_range[tf.newaxis, :, tf.newaxis], -1), axis=1)
-        is_forced = forced_gt >= 0
-        assigned = tf.where(is_forced, forced_gt, assigned)
-        forced_iou = tf.reduce_max(tf.where(forced_hit, iou, -1.0), axis=1)
-        scores = tf.where(is_forced, forced_iou, scores)
+        forced = _bipartite_match(iou, num_candidates)  # [N, G+1], anchor index or -1
+        # Scatter the forced pairs over the per-prediction result. Unmatched ground truths write
+        # into an extra dummy column A, dropped afterwards (forced anchors are distinct).
+        num_a = tf.shape(anchors)[0]
+        batch = tf.shape(forced)[0]
+        column = tf.where(forced >= 0, forced, num_a)
+        index = tf.stack([tf.repeat(tf.range(batch)[:, tf.newaxis], num_slots, axis=1), column], axis=-1)
+        forced_iou = tf.gather(iou, tf.maximum(forced, 0)[:, :, tf.newaxis], axis=2, batch_dims=2)[:, :, 0]
+        assigned = tf.tensor_scatter_nd_update(
+            tf.pad(assigned, [[0, 0], [0, 1]]), index,
+            tf.repeat(g_range[tf.newaxis, :], batch, axis=0))[:, :-1]
+        scores = tf.tensor_scatter_nd_update(tf.pad(scores, [[0, 0], [0, 1]]), index, forced_iou)[:, :-1]
 
     matched = assigned >= 0
     safe = tf.maximum(assigned, 0)
