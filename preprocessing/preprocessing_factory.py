@@ -11,7 +11,8 @@ with ``options`` (keyword arguments of :func:`ssd_vgg_preprocessing.preprocess_f
 ``preprocess_for_eval``) bound. Boxes are ``(ymin, xmin, ymax, xmax)``, normalized.
 
 Later variants register themselves with :func:`register_preprocessing`, either by exact name or
-by a glob pattern (``'ssd_*_vgg*'`` already covers e.g. ``ssd_300_vgg_caffe``).
+by a glob pattern (``'ssd_*'`` already covers e.g. ``ssd_300_vgg_caffe`` and
+``ssd_300_mobilenet_v2``).
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ _REGISTRY: dict[str, ModuleType] = {
     "ssd_300_vgg": ssd_vgg_preprocessing,
     "ssd_512_vgg": ssd_vgg_preprocessing,
 }
+# Every SSD net of this project takes the same input (RGB minus the means, DESIGN §5; the
+# MobileNet variants rescale inside the net), so any ssd_* name gets the SSD preprocessing.
 _PATTERNS: dict[str, ModuleType] = {
-    "ssd_*_vgg*": ssd_vgg_preprocessing,
+    "ssd_*": ssd_vgg_preprocessing,
 }
 
 

@@ -232,7 +232,8 @@ def preprocess_for_eval(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
             else:
                 if resize == Resize.PAD_AND_RESIZE:
                     size = tf.shape(image)[:2]
-                    factor = tf.minimum(1.0, tf.reduce_min(tf.cast(target, tf.float64) / tf.cast(size, tf.float64)))
+                    factor = tf.minimum(tf.constant(1.0, tf.float64),
+                                         tf.reduce_min(tf.cast(target, tf.float64) / tf.cast(size, tf.float64)))
                     size = tf.cast(tf.floor(factor * tf.cast(size, tf.float64)), tf.int32)
                     size = tf.maximum(size, 1)
                     image = tf.image.resize(image, size, method="bilinear")
