@@ -202,7 +202,8 @@ def parse_annotation(xml_bytes: bytes, xml_path: str,
             raise DataError(xml_path, f"object {index} has no <name>")
         where = f"object {index} '{name}'"
         if name not in class_to_label:
-            known = ", ".join(class_to_label)
+            names = list(class_to_label)
+            known = ", ".join(names[:20]) + (f", ... ({len(names)} classes)" if len(names) > 20 else "")
             raise DataError(xml_path, f"{where}: unknown class '{name}' (known: {known}); "
                                       "fix the XML or add the class to the label map (--labels)")
         box_el = obj.find("bndbox")
@@ -288,9 +289,11 @@ def find_image(dataset_dir: str, image_id: str, xml_filename: str) -> str:
         path = os.path.join(images_dir, name)
         if os.path.exists(path):
             return path
-    tried = ", ".join(dict.fromkeys(candidates[:3]))
+    also = ", ".join(_OTHER_EXTENSIONS)
+    if xml_filename and os.path.basename(xml_filename) != image_id + ".jpg":
+        also = f"the XML's <filename> '{os.path.basename(xml_filename)}', {also}"
     raise DataError(os.path.join(images_dir, image_id + ".jpg"),
-                    f"image file not found (tried {tried} and other extensions in {images_dir})")
+                    f"image file not found (also tried {also})")
 
 
 # ----------------------------------------------------------------------------- one example
@@ -590,7 +593,7 @@ def convert_voc(
             writer.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
         if not finished:
-            log.info("conversion did not finish: no shard written")
+            log.debug("conversion did not finish: no shard written")
     summary.objects_per_class = {n: objects_per_class[n] for n in class_names
                                  if objects_per_class[n]}
     summary.difficult_per_class = {n: difficult_per_class[n] for n in class_names

@@ -401,7 +401,7 @@ def add_bad_example(root: str | os.PathLike, kind: str, image_id: str | None = N
             f.write(data)
         blamed = image_path
     elif kind == "malformed_xml":
-        xml = xml.replace("</annotation>", "")
+        xml = xml[: xml.rindex("</annotation>")]  # the file ends before the root is closed
     elif kind == "empty_xml":
         xml = ""
     elif kind == "no_objects":
