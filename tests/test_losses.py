@@ -173,3 +173,11 @@ def test_bad_options():
         losses.ssd_losses(z, z[..., :2], [[0, 0]], z[..., :2], [[0.0, 0.0]], mining="global")
     with pytest.raises(ValueError, match="positives, batch_size"):
         losses.ssd_losses(z, z[..., :2], [[0, 0]], z[..., :2], [[0.0, 0.0]], normalization="images")
+
+
+def test_compiles_with_xla():
+    rng = np.random.default_rng(6)
+    batch = _random_batch(rng, n=2, a=50, c=4)
+    for mining in ("per_image", "batch"):
+        fn = tf.function(lambda *b: losses.ssd_losses(*b, mining=mining), jit_compile=True)
+        _assert_close(fn(*batch), _reference(*batch, mining=mining), rtol=1e-4)

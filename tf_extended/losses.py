@@ -118,8 +118,8 @@ def ssd_losses(logits: tf.Tensor,
         num_cand = tf.reduce_sum(tf.cast(negative, tf.int32))
         k = tf.cast(tf.floor(tf.cast(num_pos, tf.float32) * negative_ratio), tf.int32) + tf.shape(logits)[0]
         k = tf.minimum(tf.minimum(k, num_cand + 1), tf.size(values))
-        smallest, _ = tf.math.top_k(-values, k=k)
-        kth = -smallest[-1]
+        # The k-th smallest value; a full sort keeps k out of the shapes (XLA-compatible).
+        kth = tf.gather(tf.sort(values), k - 1)
         chosen = negative & (tf.reshape(values, tf.shape(negative)) < kth)
         ce_neg = tf.reduce_sum(tf.where(chosen, ce, 0.0))
 
