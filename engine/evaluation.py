@@ -235,14 +235,15 @@ def make_eval_dataset(dataset: tf.data.Dataset,
                       check_size: bool = False) -> tf.data.Dataset:
     """Decoded examples (``DatasetSpec.read()`` dicts) -> batches for :func:`run_evaluation`.
 
-    Each element is preprocessed for the network by ``preprocess_fn(image, labels, bboxes,
-    out_shape)`` -> ``(image, labels, bboxes, bbox_img)``; its transformed boxes are dropped
-    and the ORIGINAL ground truth is kept, because the metrics are computed in the original
-    image frame (a crop must not hide the objects it cut away).
+    Built on ``preprocessing.pipeline.eval_dataset``: each image is preprocessed for the
+    network by ``preprocess_fn`` (``preprocessing_factory.get_preprocessing(name,
+    is_training=False, resize=...)``) while the ground truth stays that of the ORIGINAL image,
+    because the metrics are computed in the original image frame (a crop must not hide the
+    objects it cut away).
 
     Args (besides the obvious): ``num_threads`` caps the pipeline's thread pool (evaluation
-    beside training); ``check_size`` fails with the image's name when a preprocessed image is
-    not ``out_shape`` (``eval_resize`` NONE feeds images at their own size).
+    beside training); ``check_size`` fails with the images' names when a batch is not
+    ``out_shape`` (``eval_resize`` NONE feeds images at their own size).
 
     Returns:
       A dataset of dicts, batch dimension B (the last batch may be smaller):
@@ -251,37 +252,33 @@ def make_eval_dataset(dataset: tf.data.Dataset,
       normalized, ``gt_labels`` int64 [B, G], ``gt_difficult`` int64 [B, G] (padded with
       zeros), ``num_gt`` int32 [B].
     """
+    from preprocessing import pipeline
+
     out_shape = (int(out_shape[0]), int(out_shape[1]))
 
-    def prepare(example: dict) -> dict:
-        labels = tf.cast(example["object/label"], tf.int64)
-        bboxes = tf.cast(example["object/bbox"], tf.float32)
-        image, _, _, bbox_img = preprocess_fn(example["image"], labels, bboxes, out_shape)
-        image = tf.cast(image, tf.float32)
+    def rename(images: tf.Tensor, info: dict) -> dict:
+        images = tf.cast(images, tf.float32)
         if check_size:
             tf.debugging.assert_equal(
-                tf.shape(image)[:2], tf.constant(out_shape, tf.int32),
-                data=[example.get("filename", tf.constant("?")), tf.shape(image)[:2]],
-                message=(f"image is not {out_shape[0]}x{out_shape[1]}, the network input: with "
-                         "eval_resize NONE images must already have that size (use eval_resize "
-                         "4, WARP_RESIZE); image id and size:"))
-        image = tf.ensure_shape(image, [out_shape[0], out_shape[1], 3])
-        difficult = example.get("object/difficult")
-        if difficult is None:
-            difficult = tf.zeros_like(labels)
+                tf.shape(images)[1:3], tf.constant(out_shape, tf.int32),
+                data=[info["filename"], tf.shape(images)[1:3]],
+                message=(f"images are not {out_shape[0]}x{out_shape[1]}, the network input: "
+                         "with eval_resize NONE they must already have that size (use "
+                         "eval_resize 4, WARP_RESIZE); image ids and batch size:"))
         return {
-            "image": image,
-            "bbox_img": tf.reshape(tf.cast(bbox_img, tf.float32), [4]),
-            "shape": tf.cast(example["shape"], tf.int64),
-            "filename": example.get("filename", tf.constant("")),
-            "gt_bboxes": tf.reshape(bboxes, [-1, 4]),
-            "gt_labels": labels,
-            "gt_difficult": tf.cast(difficult, tf.int64),
-            "num_gt": tf.shape(labels)[0],
+            "image": tf.ensure_shape(images, [None, out_shape[0], out_shape[1], 3]),
+            "bbox_img": tf.cast(info["bbox_img"], tf.float32),
+            "shape": tf.cast(info["shape"], tf.int64),
+            "filename": info["filename"],
+            "gt_bboxes": tf.cast(info["bboxes"], tf.float32),
+            "gt_labels": tf.cast(info["labels"], tf.int64),
+            "gt_difficult": tf.cast(info["difficult"], tf.int64),
+            "num_gt": tf.cast(info["num_gt"], tf.int32),
         }
 
-    ds = dataset.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
-    ds = ds.padded_batch(batch_size, drop_remainder=False)
+    ds = pipeline.eval_dataset(dataset, preprocess_fn, batch_size, out_shape=out_shape,
+                               num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+    ds = ds.map(rename, num_parallel_calls=1, deterministic=True)
     if max_num_batches is not None:
         ds = ds.take(max_num_batches)
     ds = ds.prefetch(prefetch)
@@ -803,18 +800,20 @@ def resolve_params(model_name: str,
     return params
 
 
-def _ema_tf1_names(names: Iterable[str], reader_names: Mapping[str, Any]) -> dict[str, str] | None:
-    """TF1 ``ExponentialMovingAverage`` shadows: ``<name>/ExponentialMovingAverage`` for all."""
-    mapping = {n: f"{n}/ExponentialMovingAverage" for n in names}
-    return mapping if all(v in reader_names for v in mapping.values()) else None
+# Key of the raw (not averaged) weights in the trainer's checkpoints when it keeps a moving
+# average; its key 'model' then holds the averages (engine/training.py, docs/training.md).
+TRAINER_RAW_WEIGHTS_KEY = "train_model"
 
 
 def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str:
     """Load a checkpoint (TF1 names, converted Caffe, or the trainer's) into ``net``.
 
-    With ``use_moving_average``, the exponential moving averages of the weights replace them
-    when the checkpoint holds them (TF1 ``<name>/ExponentialMovingAverage`` shadows, or the
-    trainer's ``ema`` object); otherwise a warning says the raw weights are used.
+    Moving averages of the weights (the original's ``--moving_average_decay``): with
+    ``use_moving_average`` they are loaded when the checkpoint holds them (TF1
+    ``<name>/ExponentialMovingAverage`` shadows; the trainer's key ``model``, which holds the
+    averages when it also has ``train_model``), else the raw weights with a warning. Without
+    it the raw weights are loaded (the trainer's ``train_model`` when present), as in the
+    original.
 
     Returns:
       ``'moving_average'`` or ``'weights'``: what was loaded.
@@ -826,34 +825,34 @@ def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str
     if not checkpoint_watch.checkpoint_exists(prefix):
         raise checkpoint_watch.CheckpointUnavailableError(f"{prefix}: checkpoint files are gone")
     try:
+        reader = tf.train.load_checkpoint(prefix)
+        reader_names = reader.get_variable_to_shape_map()
+        trainer_ema = any(n.startswith(TRAINER_RAW_WEIGHTS_KEY + "/") for n in reader_names)
+        if trainer_ema and not use_moving_average:
+            status = tf.train.Checkpoint(**{TRAINER_RAW_WEIGHTS_KEY: net}).read(prefix)
+            status.assert_existing_objects_matched()
+            logger.info("%s also holds moving averages of the weights; evaluating the raw "
+                        "weights (pass --moving_average_decay for the averages).", prefix)
+            return "weights"
         net.load_checkpoint(prefix)
         if not use_moving_average:
             return "weights"
-        reader = tf.train.load_checkpoint(prefix)
-        reader_names = reader.get_variable_to_shape_map()
-        variables = net.variables_by_checkpoint_name()
-        ema = _ema_tf1_names(variables, reader_names)
-        if ema is not None:
-            for name, var in variables.items():
-                var.assign(reader.get_tensor(ema[name]))
+        if trainer_ema:
             return "moving_average"
-        ema_values = _trainer_ema_values(net, prefix, reader_names)
-        if ema_values is not None:
-            for var, value in ema_values:
-                var.assign(value)
+        variables = net.variables_by_checkpoint_name()
+        shadows = {n: f"{n}/ExponentialMovingAverage" for n in variables}
+        if all(s in reader_names for s in shadows.values()):
+            for name, var in variables.items():
+                var.assign(reader.get_tensor(shadows[name]))
             return "moving_average"
     except (FileNotFoundError, tf.errors.NotFoundError, tf.errors.DataLossError,
             tf.errors.OutOfRangeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise checkpoint_watch.CheckpointUnavailableError(
-            f"{prefix}: cannot read checkpoint: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from err
+            f"{prefix}: cannot read checkpoint: {reason}") from err
     logger.warning("%s holds no moving averages of the weights: evaluating the raw weights.",
                    prefix)
     return "weights"
-
-
-def _trainer_ema_values(net: Any, prefix: str, reader_names: Mapping[str, Any]) -> list | None:
-    """The trainer's EMA shadows as (net variable, value) pairs, or None when absent."""
-    return None
 
 
 # ---------------------------------------------------------------------------------------
