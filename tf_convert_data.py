@@ -36,7 +36,7 @@ flags.DEFINE_string("output_name", "pascalvoc",
 flags.DEFINE_string("output_dir", "./", "Folder for the shards (created if missing).")
 flags.DEFINE_string("split", None,
                     "Convert only the ids of ImageSets/Main/<split>.txt (e.g. trainval, test), or "
-                    "of the file at this path. Default: every XML in Annotations/, sorted by name "
+                    "of the file at this path (a value with '/' or ending in .txt). Default: every XML in Annotations/, sorted by name "
                     "(the original converter's behaviour).")
 flags.DEFINE_string("labels", None,
                     "Label-map file for custom datasets: one class name per line, the n-th name "

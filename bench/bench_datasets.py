@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -62,30 +63,48 @@ def main() -> None:
                   for f in os.listdir(os.path.join(voc_root, "JPEGImages"))) / 2**20
     out_dir = tempfile.mkdtemp(prefix="bench_tfrecords_")
     try:
-        start = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         summary = pascalvoc_to_tfrecords.convert_voc(
             voc_root, out_dir, "voc_2007_train", num_workers=args.workers)
         convert_s = time.perf_counter() - start
+        convert_cpu = _cpu_seconds() - cpu_start  # parent + its (reaped) worker processes
         convert_rate = summary.num_images / convert_s
 
         spec = dataset_factory.get_dataset("pascalvoc_2007", "train", out_dir)
-        rates = []
+        rates, read_cpu = [], []
         for _ in range(2):  # the first pass also warms the page cache and traces the map fn
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             count = sum(1 for _ in spec.read())
             rates.append(count / (time.perf_counter() - start))
+            read_cpu.append(_cpu_seconds() - cpu_start)
         read_rate = max(rates)
+        load_after = os.getloadavg()[0]
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
+    cores = len(os.sched_getaffinity(0))
     print(f"input: {summary.num_images} JPEGs 500x375, {size_mb:.0f} MiB, "
-          f"{summary.num_objects} objects; {os.cpu_count()} CPU cores (shared machine)")
-    print(f"conversion ({args.workers} workers): {convert_rate:7.0f} images/s "
+          f"{summary.num_objects} objects; {cores} CPU cores, load average "
+          f"{load_before:.1f} -> {load_after:.1f} (a shared machine: wall rates are pessimistic)")
+    print(f"conversion ({args.workers} workers): {convert_rate:7.0f} images/s wall "
           f"({convert_s:.2f} s; goal >= {GOAL_CONVERT:.0f}) "
-          f"{'OK' if convert_rate >= GOAL_CONVERT else 'BELOW GOAL'}")
-    print(f"read+decode (dataset_factory .read()): {read_rate:7.0f} examples/s "
+          f"{'OK' if convert_rate >= GOAL_CONVERT else 'BELOW GOAL'}; "
+          f"{1e3 * convert_cpu / summary.num_images:.2f} CPU-ms/image -> "
+          f"{cores * summary.num_images / convert_cpu:.0f} images/s on {cores} idle cores")
+    best = rates.index(read_rate)
+    print(f"read+decode (dataset_factory .read()): {read_rate:7.0f} examples/s wall "
           f"(passes: {', '.join(f'{r:.0f}' for r in rates)}; goal >= {GOAL_READ:.0f}) "
-          f"{'OK' if read_rate >= GOAL_READ else 'BELOW GOAL'}")
+          f"{'OK' if read_rate >= GOAL_READ else 'BELOW GOAL'}; "
+          f"{1e3 * read_cpu[best] / count:.2f} CPU-ms/example -> "
+          f"{cores * count / read_cpu[best]:.0f} examples/s on {cores} idle cores")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class DataError(ConversionError):
     """Bad input data; ``str(error)`` is one line ``<file>: <problem>`` (script exit code 1)."""
 
     def __init__(self, path: str, problem: str):
+        problem = " ".join(problem.split("\n"))  # one line, whatever a library's message holds
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
@@ -387,7 +388,8 @@ def _worker_convert(image_id: str) -> _ExampleResult:
 def list_image_ids(dataset_dir: str, split: str | None = None) -> list[str]:
     """Image ids to convert: every ``Annotations/*.xml`` sorted by file name (the original's
     order) when split is None; else the ids listed in ``ImageSets/Main/<split>.txt`` (or in
-    the file ``split`` if it is a path), in file order. Raises UsageError / DataError."""
+    the file ``split`` if it has a '/' or ends in .txt), in file order; the first column of
+    each line is the id. Raises UsageError / DataError."""
     annotations_dir = os.path.join(dataset_dir, ANNOTATIONS_DIR)
     if not os.path.isdir(annotations_dir):
         raise UsageError(f"{annotations_dir}: no such folder; --dataset_dir must be a VOC-format "
@@ -398,8 +400,9 @@ def list_image_ids(dataset_dir: str, split: str | None = None) -> list[str]:
         if not ids:
             raise UsageError(f"{annotations_dir}: no .xml annotation files")
         return ids
-    split_path = split if os.path.isfile(split) else os.path.join(dataset_dir, SPLITS_DIR,
-                                                                   split + ".txt")
+    # A split with a '/' or ending in .txt is a path to an id file; else a name in ImageSets/Main.
+    is_path = os.sep in split or "/" in split or split.endswith(".txt")
+    split_path = split if is_path else os.path.join(dataset_dir, SPLITS_DIR, split + ".txt")
     if not os.path.isfile(split_path):
         splits_dir = os.path.join(dataset_dir, SPLITS_DIR)
         available = (sorted(n[:-4] for n in os.listdir(splits_dir)
@@ -505,7 +508,7 @@ def convert_voc(
       output_name: shard name prefix, e.g. 'voc_2007_train' to match the factory's patterns.
       class_names: the label map, ids 1..N in order (default: the 20 VOC classes).
       split: None for every annotation (sorted), else a split name of ImageSets/Main or a
-        path to a file of ids.
+        path to a file of ids (recognised by a '/' or a .txt ending).
       samples_per_shard: examples per shard (the last shard holds the rest).
       num_workers: processes reading and checking images (default: the usable cores).
       shuffle, seed: shuffle the ids (random.Random(seed)) before writing.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import time
 
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from datasets import pascalvoc_to_tfrecords as converter
+from datasets import tfrecords
 from tests import voc_fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +134,6 @@ def test_every_bad_kind_has_a_message():
 
 @pytest.mark.parametrize("kind", voc_fixtures.BAD_KINDS)
 def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, kind):
-    import re
     fx = voc_fixtures.make_voc_dataset(tmp_path / "VOC", num_images=3, seed=5, odd_cases=False)
     bad = voc_fixtures.add_bad_example(fx.root, kind, image_id="000002b")  # sorts in the middle
     out = tmp_path / "out"
@@ -164,7 +166,6 @@ def test_allow_empty_keeps_images_without_objects(tmp_path):
     out = tmp_path / "out"
     summary = converter.convert_voc(fx.root, str(out), "voc", allow_empty=True, num_workers=1)
     assert summary.num_images == 3
-    from datasets import tfrecords
     for ex in tfrecords.read_tfrecords(sorted(tf.io.gfile.glob(str(out / "*.tfrecord")))):
         if ex["filename"].numpy().decode() == bad.image_id:
             assert ex["object/bbox"].shape == (0, 4) and ex["object/label"].shape == (0,)
@@ -283,7 +284,6 @@ def test_killed_conversion_leaves_no_shard_and_is_cleaned_by_the_next_run(blocke
     assert _shard_names(out) == [temp_dir.name]
     fifo = fx.images[4].image_path
     os.remove(fifo)
-    from PIL import Image
     Image.fromarray(fx.images[4].pixels).save(fifo, "JPEG")
     converter.convert_voc(fx.root, str(out), "voc_2007_train", samples_per_shard=2, num_workers=1)
     assert _shard_names(out) == [f"voc_2007_train_{i:03d}.tfrecord" for i in range(4)]

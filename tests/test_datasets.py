@@ -5,6 +5,7 @@ real TFRecord shards, read back through tf.data.
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_every_stored_field(voc):
         if "cmyk_jpeg" in im.cases:
             # Re-encoded: a PNG of PIL's RGB conversion, pixel for pixel.
             assert encoded.startswith(b"\x89PNG")
-            np.testing.assert_array_equal(np.asarray(Image.open(__import__("io").BytesIO(encoded))),
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))),
                                           im.pixels)
         else:
             with open(im.image_path, "rb") as f:
