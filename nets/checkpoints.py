@@ -105,8 +105,12 @@ def metadata_for(model_name: str, params: SSDParams) -> dict[str, Any]:
         "anchor_ratios": [list(map(float, r)) for r in params.anchor_ratios],
         "anchor_steps": [float(s) for s in params.anchor_steps],
         "anchor_offset": float(params.anchor_offset),
-        # Not in the §8 minimum, but needed to decode boxes without the defaults.
+        # Beyond the §8 minimum: what decoding and a non-default architecture need.
         "prior_scaling": [float(s) for s in params.prior_scaling],
+        "normalizations": [float(n) for n in params.normalizations],
+        "feat_layers": list(params.feat_layers),
+        "feat_shapes": [[int(h), int(w)] for h, w in params.feat_shapes],
+        "extra_blocks": [dataclasses.asdict(b) for b in params.extra_blocks],
     }
 
 
@@ -140,33 +144,42 @@ def read_metadata(prefix: str) -> Optional[dict[str, Any]]:
     return data
 
 
+def _freeze(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
 def params_from_metadata(metadata: Mapping[str, Any], base: SSDParams) -> SSDParams:
-    """``base`` (the network's default params) updated with a sidecar's values."""
-    params = base
-    if "img_shape" in metadata and tuple(metadata["img_shape"]) != tuple(params.img_shape):
-        params = params.with_img_shape(metadata["img_shape"])
+    """``base`` (the network's default params) updated with a sidecar's values.
+
+    Sidecars written here hold every per-layer field, so any architecture round-trips; a
+    minimal sidecar (only the §8 keys) gets its feature shapes recomputed for its img_shape.
+    """
+    replace: dict[str, Any] = {}
     if "num_classes" in metadata:
-        n = int(metadata["num_classes"])
-        params = dataclasses.replace(params, num_classes=n, no_annotation_label=n)
-    preset = metadata.get("anchor_preset")
-    if preset and preset != ssd_params_lib.CUSTOM_PRESET and \
-            preset in ssd_params_lib.ANCHOR_PRESETS.get(tuple(params.img_shape), {}):
-        params = params.with_anchor_preset(preset)
-    else:
-        replace = {"anchor_preset": ssd_params_lib.CUSTOM_PRESET}
-        if "anchor_sizes" in metadata:
-            replace["anchor_sizes"] = tuple(tuple(s) for s in metadata["anchor_sizes"])
-        params = dataclasses.replace(params, **replace)
-    replace = {}
-    for key in ("anchor_ratios", "anchor_steps", "anchor_offset", "prior_scaling"):
+        replace["num_classes"] = replace["no_annotation_label"] = int(metadata["num_classes"])
+    for key in ("img_shape", "feat_layers", "feat_shapes", "anchor_sizes", "anchor_ratios",
+                "anchor_steps", "anchor_offset", "normalizations", "prior_scaling"):
         if key in metadata:
-            value = metadata[key]
-            if key == "anchor_ratios":
-                value = tuple(tuple(r) for r in value)
-            elif isinstance(value, list):
-                value = tuple(value)
-            replace[key] = value
-    return dataclasses.replace(params, **replace)
+            replace[key] = _freeze(metadata[key])
+    if "extra_blocks" in metadata:
+        replace["extra_blocks"] = tuple(ssd_params_lib.ExtraBlock(**b)
+                                        for b in metadata["extra_blocks"])
+    img_shape = tuple(replace.get("img_shape", base.img_shape))
+    if "feat_shapes" not in replace and img_shape != tuple(base.img_shape):
+        replace["feat_shapes"] = ssd_params_lib.compute_feat_shapes(
+            img_shape, replace.get("feat_layers", base.feat_layers),
+            replace.get("extra_blocks", base.extra_blocks))
+    preset = metadata.get("anchor_preset", ssd_params_lib.CUSTOM_PRESET)
+    table = ssd_params_lib.ANCHOR_PRESETS.get(img_shape)
+    if "anchor_sizes" not in replace and table and preset in table:
+        replace["anchor_sizes"] = table[preset]
+    sizes = replace.get("anchor_sizes", base.anchor_sizes)
+    if (table and table.get(preset) != sizes) or preset not in ssd_params_lib.anchor_preset_names():
+        preset = ssd_params_lib.CUSTOM_PRESET
+    replace["anchor_preset"] = preset
+    return dataclasses.replace(base, **replace)
 
 
 def infer_num_classes(path: str, model_name: str) -> Optional[int]:
