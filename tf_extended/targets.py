@@ -157,16 +157,17 @@ def batch_encode_targets(gt_labels: tf.Tensor,
         gt_difficult = tf.zeros_like(gt_labels, tf.bool)
     else:
         gt_difficult = tf.cast(tf.convert_to_tensor(gt_difficult), tf.bool)
-    # Append one always-invalid (zero) ground truth: every gather below stays in range,
-    # also for images (or batches) without any box.
-    gt_bboxes = tf.pad(gt_bboxes, [[0, 0], [0, 1], [0, 0]])
-    gt_labels = tf.pad(gt_labels, [[0, 0], [0, 1]])
-    gt_difficult = tf.pad(gt_difficult, [[0, 0], [0, 1]])
+    # Without any box slot, add one invalid (zero) box so that every gather below stays in range.
+    if gt_bboxes.shape[1] is None or gt_bboxes.shape[1] == 0:
+        extra = tf.maximum(1 - tf.shape(gt_bboxes)[1], 0)
+        gt_bboxes = tf.pad(gt_bboxes, [[0, 0], [0, extra], [0, 0]])
+        gt_labels = tf.pad(gt_labels, [[0, 0], [0, extra]])
+        gt_difficult = tf.pad(gt_difficult, [[0, 0], [0, extra]])
     static_g = gt_bboxes.shape[1]
     num_slots = tf.shape(gt_bboxes)[1]
     g_range = tf.range(num_slots)
 
-    valid = tfe_boxes.area(gt_bboxes) > 0.0  # [N, G+1]
+    valid = tfe_boxes.area(gt_bboxes) > 0.0  # [N, G]
     if num_gt is not None:
         num_gt = tf.cast(tf.reshape(num_gt, [-1]), tf.int32)
         valid = valid & (g_range[tf.newaxis, :] < num_gt[:, tf.newaxis])
@@ -174,7 +175,7 @@ def batch_encode_targets(gt_labels: tf.Tensor,
         # anyone's best (best IoU 0 is neither positive nor a bipartite candidate).
         gt_bboxes = tf.where(valid[:, :, tf.newaxis], gt_bboxes, 0.0)
 
-    iou = tfe_boxes.iou(gt_bboxes, anchors)  # [N, G+1, A]; 0 for invalid boxes
+    iou = tfe_boxes.iou(gt_bboxes, anchors)  # [N, G, A]; 0 for invalid boxes
 
     # Per anchor: best ground truth, ties to the lower index (*).
     best_gt = tf.argmax(iou, axis=1, output_type=tf.int32)  # [N, A]
@@ -188,7 +189,7 @@ def batch_encode_targets(gt_labels: tf.Tensor,
             num_candidates = min(static_g, num_anchors)
         else:
             num_candidates = tf.minimum(num_slots, tf.shape(anchors)[0])
-        forced = _bipartite_match(iou, num_candidates)  # [N, G+1], anchor index or -1
+        forced = _bipartite_match(iou, num_candidates)  # [N, G], anchor index or -1
         # Scatter the forced pairs over the per-prediction result. Unmatched ground truths write
         # into an extra dummy column A, dropped afterwards (forced anchors are distinct).
         num_a = tf.shape(anchors)[0]
