@@ -216,3 +216,24 @@ def test_bad_inputs():
         ev.update([[0, 0, 1]], [1], [0], np.zeros([0, 4]), [], [])
     with pytest.raises(ValueError, match="det_scores has 2 entries"):
         ev.update(np.zeros([0, 4]), [], [], [[0, 0, 1, 1]], [1], [0.5, 0.2])
+
+
+def test_coco_evaluator_missing_pycocotools_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(metrics, "pycocotools_available", lambda: False)
+    with pytest.raises(ImportError, match="pycocotools"):
+        metrics.COCOEvaluator(num_classes=3)
+
+
+def test_coco_evaluator_hand_values():
+    pytest.importorskip("pycocotools")
+    ev = metrics.COCOEvaluator(num_classes=3)
+    # Image 1: one box found exactly (IoU 1: matched at every threshold .5:.95).
+    ev.update([[0.0, 0.0, 0.5, 0.5]], [1], [0], [[0.0, 0.0, 0.5, 0.5]], [1], [0.9], image_shape=(100, 100))
+    res = ev.result()
+    assert res["AP"] == pytest.approx(1.0) and res["num_images"] == 1
+    # A 0.4-wide box and a detection shifted by 0.08: IoU = 0.128 / 0.192 = 2/3, so it matches at
+    # the thresholds .5 .55 .6 .65 (4 of 10) with precision 1: AP 0.4, AP50 1, AP75 0.
+    ev = metrics.COCOEvaluator(num_classes=3)
+    ev.update([[0.0, 0.0, 0.4, 0.4]], [2], None, [[0.0, 0.08, 0.4, 0.48]], [2], [0.8], image_shape=(200, 200))
+    res = ev.result()
+    assert res["AP"] == pytest.approx(0.4) and res["AP50"] == pytest.approx(1.0) and res["AP75"] == 0.0

@@ -322,3 +322,116 @@ class VOCEvaluator:
             "num_gt": num_gt,
             "classes_without_gt": missing,
         }
+
+
+# --------------------------------------------------------------------------------- COCO (optional)
+
+COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+                   "AR_1", "AR_10", "AR_100", "AR_small", "AR_medium", "AR_large")
+
+
+def pycocotools_available() -> bool:
+    """Whether the optional ``pycocotools`` package can be imported."""
+    try:
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class COCOEvaluator:
+    """COCO-style AP@[.5:.95] (and the other 11 COCO numbers) through ``pycocotools``.
+
+    Optional: ``pycocotools`` is not a dependency of this project; constructing this class
+    without it raises ImportError with a one-line explanation. Same ``update`` /
+    ``update_batch`` API as :class:`VOCEvaluator`, plus an optional ``image_shapes`` so boxes can
+    be converted to pixels (COCO's small / medium / large ranges are in pixels; AP itself is
+    unit-free). Difficult boxes become COCO "crowd" regions (``iscrowd=1``): detections on them
+    are ignored, as in VOC. COCO keeps the 100 best detections per image (``maxDets``).
+    """
+
+    def __init__(self, num_classes: int, labels_to_names: Mapping[int, str] | None = None) -> None:
+        if not pycocotools_available():
+            raise ImportError("COCOEvaluator needs pycocotools (pip install pycocotools); "
+                              "it is optional and not installed.")
+        self.num_classes = int(num_classes)
+        self.labels_to_names = dict(labels_to_names) if labels_to_names else None
+        self.reset()
+
+    def reset(self) -> None:
+        self._gts: list[np.ndarray] = []  # rows: image, x, y, w, h, label, crowd
+        self._dets: list[np.ndarray] = []  # rows: image, x, y, w, h, score, label
+        self._num_images = 0
+
+    @property
+    def num_images(self) -> int:
+        return self._num_images
+
+    @staticmethod
+    def _xywh(bboxes: np.ndarray, shape: Any) -> np.ndarray:
+        """(ymin, xmin, ymax, xmax) -> COCO (x, y, w, h), times (width, height) when a shape is given."""
+        h, w = (1.0, 1.0) if shape is None else (float(shape[0]), float(shape[1]))
+        y0, x0, y1, x1 = (bboxes[:, i] for i in range(4))
+        return np.stack([x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h], axis=1)
+
+    def update(self, gt_boxes: Any, gt_labels: Any, gt_difficult: Any, det_boxes: Any, det_labels: Any,
+               det_scores: Any, image_shape: Any = None) -> None:
+        """Add one image (see :meth:`VOCEvaluator.update`); ``image_shape`` = (height, width) or None."""
+        gt_boxes = _as_boxes(gt_boxes, "gt_boxes")
+        g = gt_boxes.shape[0]
+        gt_labels = _as_vector(gt_labels, "gt_labels", g, np.float64)
+        crowd = np.zeros(g) if gt_difficult is None else _as_vector(gt_difficult, "gt_difficult", g, np.float64)
+        det_boxes = _as_boxes(det_boxes, "det_boxes")
+        d = det_boxes.shape[0]
+        det_labels = _as_vector(det_labels, "det_labels", d, np.float64)
+        det_scores = _as_vector(det_scores, "det_scores", d, np.float64)
+        image = float(self._num_images + 1)  # COCO ids start at 1
+        self._num_images += 1
+        self._gts.append(np.column_stack([np.full(g, image), self._xywh(gt_boxes, image_shape), gt_labels, crowd]))
+        self._dets.append(np.column_stack([np.full(d, image), self._xywh(det_boxes, image_shape), det_scores,
+                                           det_labels]))
+
+    def update_batch(self, gt_boxes: Any, gt_labels: Any, gt_difficult: Any, num_gt: Any, det_boxes: Any,
+                     det_labels: Any, det_scores: Any, num_detections: Any, image_shapes: Any = None) -> None:
+        """Add a padded batch (see :meth:`VOCEvaluator.update_batch`); ``image_shapes`` [B, 2+] or None."""
+        for i in range(len(num_gt)):  # per image: pycocotools itself is per image anyway
+            g, d = int(num_gt[i]), int(num_detections[i])
+            self.update(np.asarray(gt_boxes[i])[:g], np.asarray(gt_labels[i])[:g],
+                        None if gt_difficult is None else np.asarray(gt_difficult[i])[:g],
+                        np.asarray(det_boxes[i])[:d], np.asarray(det_labels[i])[:d], np.asarray(det_scores[i])[:d],
+                        None if image_shapes is None else image_shapes[i])
+
+    def result(self) -> dict[str, Any]:
+        """``{'AP', 'AP50', 'AP75', 'AP_small', ..., 'AR_large', 'num_images'}`` (COCOeval.stats)."""
+        import contextlib
+        import io
+
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        gts = np.concatenate(self._gts) if self._gts else np.zeros([0, 7])
+        dets = np.concatenate(self._dets) if self._dets else np.zeros([0, 7])
+        out: dict[str, Any] = {name: float("nan") for name in COCO_STAT_NAMES}
+        out["num_images"] = self._num_images
+        if gts.shape[0] == 0 or dets.shape[0] == 0:
+            return out
+        coco_gt = COCO()
+        coco_gt.dataset = {
+            "images": [{"id": i} for i in range(1, self._num_images + 1)],
+            "categories": [{"id": c, "name": str(self.labels_to_names.get(c, c) if self.labels_to_names else c)}
+                           for c in range(1, self.num_classes)],
+            "annotations": [{"id": k + 1, "image_id": int(r[0]), "bbox": [float(v) for v in r[1:5]],
+                             "area": float(r[3] * r[4]), "category_id": int(r[5]), "iscrowd": int(r[6])}
+                            for k, r in enumerate(gts)],
+        }
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):  # pycocotools prints; library code must not
+            coco_gt.createIndex()
+            coco_dt = coco_gt.loadRes(dets)
+            ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        logger.debug("pycocotools:\n%s", log.getvalue())
+        out.update({name: float(v) for name, v in zip(COCO_STAT_NAMES, ev.stats)})
+        return out
