@@ -108,7 +108,7 @@ class VOCEvaluator:
         self._num_images = 0
         self._pending: list[tuple] = []  # (image ids, gt..., image ids, det...) per update
         self._pending_dets = 0
-        # Matched detections: class, score, tp, fp, image, rank within image.
+        # Matched detections in arrival order (image order, then input order): class, score, tp, fp.
         self._done: list[tuple[np.ndarray, ...]] = []
         self._num_gt = np.zeros(self.num_classes, np.int64)
         self._num_dets_seen = 0
@@ -142,7 +142,7 @@ class VOCEvaluator:
         image = self._num_images
         self._num_images += 1
         self._add(np.full(g, image, np.int64), gt_boxes, gt_labels, gt_difficult,
-                  np.full(d, image, np.int64), det_boxes, det_labels, det_scores, np.arange(d))
+                  np.full(d, image, np.int64), det_boxes, det_labels, det_scores)
 
     def update_batch(self, gt_boxes: Any, gt_labels: Any, gt_difficult: Any, num_gt: Any,
                      det_boxes: Any, det_labels: Any, det_scores: Any, num_detections: Any) -> None:
@@ -180,9 +180,8 @@ class VOCEvaluator:
         self._num_images += batch
         gimg = np.broadcast_to(images[:, None], gmask.shape)[gmask]
         dimg = np.broadcast_to(images[:, None], dmask.shape)[dmask]
-        drank = np.broadcast_to(np.arange(max_d)[None, :], dmask.shape)[dmask]
         self._add(gimg, gt_boxes[gmask], gt_labels, gt_difficult,
-                  dimg, det_boxes[dmask], det_labels, det_scores, drank)
+                  dimg, det_boxes[dmask], det_labels, det_scores)  # image-major: arrival order
 
     def _add(self, *arrays: np.ndarray) -> None:
         self._pending.append(arrays)
@@ -198,7 +197,7 @@ class VOCEvaluator:
         cols = list(zip(*self._pending))
         self._pending = []
         self._pending_dets = 0
-        gimg, gbox, glab, gdiff, dimg, dbox, dlab, dscore, drank = (np.concatenate(c) for c in cols)
+        gimg, gbox, glab, gdiff, dimg, dbox, dlab, dscore = (np.concatenate(c) for c in cols)
         self._num_gt += np.bincount(glab[~gdiff], minlength=self.num_classes)
         if dimg.size == 0:
             return
@@ -207,11 +206,10 @@ class VOCEvaluator:
         ggroup = gimg * c + glab
         gorder = np.argsort(ggroup, kind="stable")
         ggroup, gbox, gdiff = ggroup[gorder], gbox[gorder], gdiff[gorder]
-        # Detections grouped by (image, class), best score first, then input order.
-        dgroup = dimg * c + dlab
-        dorder = np.lexsort((drank, -dscore, dgroup))
-        dgroup, dbox, dscore, dimg, dlab, drank = (
-            a[dorder] for a in (dgroup, dbox, dscore, dimg, dlab, drank))
+        # Detections grouped by (image, class), best score first, then arrival order (stable sort).
+        dorder = np.lexsort((-dscore, dimg * c + dlab))
+        dgroup = (dimg * c + dlab)[dorder]
+        dbox = dbox[dorder]
         start = np.searchsorted(ggroup, dgroup, side="left")
         count = np.searchsorted(ggroup, dgroup, side="right") - start  # boxes each detection can match
 
@@ -239,9 +237,14 @@ class VOCEvaluator:
         # The first detection (in score order) whose best box is a given box takes it.
         _, first_of_box = np.unique(best_gt[candidate], return_index=True)
         tp[candidate[first_of_box]] = True
-        fp = ~tp & ~ignored
-        keep = ~ignored  # detections matched to a difficult box do not count at all
-        self._done.append((dlab[keep], dscore[keep], tp[keep], fp[keep], dimg[keep], drank[keep]))
+        # Back to arrival order, which breaks score ties in result().
+        tp_arrival = np.empty_like(tp)
+        tp_arrival[dorder] = tp
+        ignored_arrival = np.empty_like(ignored)
+        ignored_arrival[dorder] = ignored
+        keep = ~ignored_arrival  # detections matched to a difficult box do not count at all
+        tp = tp_arrival[keep]
+        self._done.append((dlab[keep], dscore[keep], tp, ~tp))
 
     # ----------------------------------------------------------------------------- results
     def _key(self, label: int) -> Any:
@@ -253,12 +256,12 @@ class VOCEvaluator:
         """{label: (scores, tp, fp)} over all images, best score first (ties: image order)."""
         self._flush()
         if self._done:
-            lab, score, tp, fp, img, rank = (np.concatenate(c) for c in zip(*self._done))
-            self._done = [(lab, score, tp, fp, img, rank)]
+            lab, score, tp, fp = (np.concatenate(c) for c in zip(*self._done))
+            self._done = [(lab, score, tp, fp)]
         else:
-            lab = score = img = rank = np.zeros(0)
+            lab, score = np.zeros(0, np.int64), np.zeros(0)
             tp = fp = np.zeros(0, bool)
-        order = np.lexsort((rank, img, -score, lab))
+        order = np.lexsort((-score, lab))  # stable: equal scores stay in arrival order
         lab, score, tp, fp = lab[order], score[order], tp[order], fp[order]
         bounds = np.searchsorted(lab, np.arange(self.num_classes + 1))
         return {c: (score[bounds[c]:bounds[c + 1]], tp[bounds[c]:bounds[c + 1]], fp[bounds[c]:bounds[c + 1]])
