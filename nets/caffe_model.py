@@ -47,6 +47,7 @@ from nets import caffe_pb
 from nets import ssd_params as ssd_params_lib
 
 __all__ = [
+    "SUPPORTED_MODELS",
     "CaffeConversionError",
     "PriorBoxSpec",
     "caffe_source_of",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
+
+# The registered networks that Caffe SSD models convert into (VGG-16 trunk).
+SUPPORTED_MODELS = ("ssd_300_vgg", "ssd_512_vgg")
 
 # Caffe SSD's prior variances (x, y, w, h), ssd_pascal.py: "prior_variance = [0.1, 0.1, 0.2, 0.2]".
 CAFFE_PRIOR_VARIANCE = (0.1, 0.1, 0.2, 0.2)
@@ -201,62 +205,78 @@ def convert_weights(layers: Sequence[caffe_pb.CaffeLayer],
             continue
         by_name[layer.name] = layer
 
-    values: dict[str, np.ndarray] = {}
-    used: set[str] = set()
-    needed = caffe_blob_shapes(variable_shapes, model_scope)
-    for name in sorted(variable_shapes):
-        tf_shape = tuple(int(d) for d in variable_shapes[name])
+    # Group the TF variables by Caffe layer, in the net's order (which is Caffe's order).
+    wanted: dict[str, list[tuple[str, int, tuple[int, ...]]]] = {}
+    for name, shape in variable_shapes.items():
         layer_name, index = caffe_source_of(name, model_scope)
+        wanted.setdefault(layer_name, []).append((name, index, tuple(int(d) for d in shape)))
+
+    values: dict[str, np.ndarray] = {}
+    missing = [layer_name for layer_name in wanted if layer_name not in by_name]
+    if len(missing) == 1:
+        layer_name = missing[0]
+        shapes = ", ".join(str(list(_caffe_shape_of(s))) for _, _, s in
+                           sorted(wanted[layer_name], key=lambda v: v[1]))
+        scope = wanted[layer_name][0][0].rsplit("/", 1)[0]
+        problems.append(f"missing layer '{layer_name}' (blobs {shapes}) for {scope}")
+    elif missing:
+        problems.append(f"missing {len(missing)} layers: {', '.join(missing)}")
+    for layer_name, targets in wanted.items():
         layer = by_name.get(layer_name)
         if layer is None:
-            shapes = ", ".join(str(list(s)) for s in needed[layer_name])
-            problems.append(f"missing layer '{layer_name}' (blobs {shapes}) for {name}")
             continue
-        used.add(layer_name)
-        if index >= len(layer.blobs):
-            problems.append(f"layer '{layer_name}' has {len(layer.blobs)} blob(s), but {name} "
-                            f"needs blob {index} (a convolution without bias_term?)")
-            continue
-        blob = layer.blobs[index]
-        expected = _caffe_shape_of(tf_shape)
-        if len(tf_shape) == 4:
-            if blob.shape != expected:
-                problems.append(
-                    f"layer '{layer_name}' blob {index} has shape {list(blob.shape)}, but {name} "
-                    f"needs {list(expected)} (OIHW; TF HWIO {list(tf_shape)})")
+        for name, index, tf_shape in sorted(targets, key=lambda v: v[1]):
+            if index >= len(layer.blobs):
+                problems.append(f"layer '{layer_name}' has {len(layer.blobs)} blob(s), but "
+                                f"{name} needs blob {index} (a convolution without bias_term?)")
                 continue
-            value = blob.transpose(2, 3, 1, 0)
-            if layer_name == "conv1_1":
-                # Caffe SSD takes BGR input, this project RGB: reverse the input channels.
-                value = value[:, :, ::-1, :]
-        else:
-            value = _as_vector(blob, int(np.prod(tf_shape)))
-            if value is None:
-                problems.append(f"layer '{layer_name}' blob {index} has shape "
-                                f"{list(blob.shape)}, but {name} needs {list(tf_shape)}")
-                continue
-            value = value.reshape(tf_shape)
-        values[name] = np.ascontiguousarray(value, dtype=np.float32)
+            blob = layer.blobs[index]
+            expected = _caffe_shape_of(tf_shape)
+            if len(tf_shape) == 4:
+                if blob.shape != expected:
+                    problems.append(
+                        f"layer '{layer_name}' blob {index} has shape {list(blob.shape)}, but "
+                        f"{name} needs {list(expected)} (OIHW; TF HWIO {list(tf_shape)})")
+                    continue
+                value = blob.transpose(2, 3, 1, 0)
+                if layer_name == "conv1_1":
+                    # Caffe SSD takes BGR input, this project RGB: reverse the input channels.
+                    value = value[:, :, ::-1, :]
+            else:
+                value = _as_vector(blob, int(np.prod(tf_shape)))
+                if value is None:
+                    problems.append(f"layer '{layer_name}' blob {index} has shape "
+                                    f"{list(blob.shape)}, but {name} needs {list(tf_shape)}")
+                    continue
+                value = value.reshape(tf_shape)
+            values[name] = np.ascontiguousarray(value, dtype=np.float32)
 
     for layer_name, layer in by_name.items():
-        if layer_name in used:
+        if layer_name in wanted:
             continue
         shapes = ", ".join(str(list(b.shape)) for b in layer.blobs)
         problems.append(f"layer '{layer_name}' ({layer.type}, blobs {shapes}) has weights but no "
                         f"counterpart in {model_scope}")
     if problems:
-        head = f"{source}: " + (f"{len(problems)} problems: " if len(problems) > 1 else "")
-        hint = _model_hint(by_name, model_scope)
-        raise CaffeConversionError(head + "; ".join(problems) + hint)
+        shown = problems[:_MAX_PROBLEMS_SHOWN]
+        if len(problems) > len(shown):
+            shown.append(f"... and {len(problems) - len(shown)} more")
+        head = f"{source}: " + _model_hint(by_name, model_scope)
+        head += f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise CaffeConversionError(head + "; ".join(shown))
     return values
+
+
+# Problems listed in one error message (the rest are counted).
+_MAX_PROBLEMS_SHOWN = 8
 
 
 def _model_hint(by_name: Mapping[str, Any], model_scope: str) -> str:
     """A hint when the caffemodel is evidently of the other SSD size."""
     if "conv10_2" in by_name and "512" not in model_scope:
-        return " (the caffemodel has conv10_2: an SSD512 model? use --model_name=ssd_512_vgg)"
+        return f"looks like an SSD512 model (it has layer conv10_2), not {model_scope}; "
     if "conv10_2" not in by_name and "conv9_2" in by_name and "512" in model_scope:
-        return " (the caffemodel has no conv10_2: an SSD300 model? use --model_name=ssd_300_vgg)"
+        return f"looks like an SSD300 model (it has no layer conv10_2), not {model_scope}; "
     return ""
 
 
@@ -388,6 +408,11 @@ def _expand_aspect_ratios(ratios: Sequence[float], flip: bool) -> tuple[float, .
     return tuple(out)
 
 
+def _f32(value: float) -> float:
+    """A float32 field as the number written in the file (0.1, not 0.10000000149)."""
+    return float(str(np.float32(value)))
+
+
 def prior_box_specs(net_param: Any, source: str = "net") -> list[PriorBoxSpec]:
     """The PriorBox layers of a NetParameter (a deploy.prototxt or a .caffemodel), in order."""
     specs = []
@@ -404,17 +429,18 @@ def prior_box_specs(net_param: Any, source: str = "net") -> list[PriorBoxSpec]:
             img_size = (int(p.img_h), int(p.img_w))
         step = None
         if p.HasField("step"):
-            step = (float(p.step), float(p.step))
+            step = (_f32(p.step), _f32(p.step))
         elif p.HasField("step_h") or p.HasField("step_w"):
-            step = (float(p.step_h), float(p.step_w))
+            step = (_f32(p.step_h), _f32(p.step_w))
         specs.append(PriorBoxSpec(
             name=layer.name, source=layer.bottom[0],
-            min_sizes=tuple(float(v) for v in p.min_size),
-            max_sizes=tuple(float(v) for v in p.max_size),
-            aspect_ratios=_expand_aspect_ratios(p.aspect_ratio, p.flip),
+            min_sizes=tuple(_f32(v) for v in p.min_size),
+            max_sizes=tuple(_f32(v) for v in p.max_size),
+            aspect_ratios=_expand_aspect_ratios([_f32(v) for v in p.aspect_ratio], p.flip),
             flip=bool(p.flip), clip=bool(p.clip),
-            variance=tuple(float(v) for v in p.variance) or (0.1,),
-            img_size=img_size, step=step, offset=float(p.offset)))
+            # Caffe's default when a PriorBox gives no variance: a single 0.1.
+            variance=tuple(_f32(v) for v in p.variance) or (0.1,),
+            img_size=img_size, step=step, offset=_f32(p.offset)))
     return specs
 
 
@@ -597,7 +623,7 @@ def build_params(model_name: str, caffe_net: Any, layers: Sequence[caffe_pb.Caff
             caffe_preset = params.anchor_preset + "_caffe"
             if caffe_preset in table and table[caffe_preset] != params.anchor_sizes:
                 params = params.with_anchor_preset(caffe_preset)
-            anchor_source = f"{model_name} defaults (preset {params.anchor_preset!r})"
+            anchor_source = f"the {model_name} defaults (no PriorBox layer found)"
             _LOG.warning("%s has no PriorBox layers and no prototxt was given: using the %s "
                          "anchors (preset %r); give the model's deploy.prototxt if they differ",
                          caffemodel_path, model_name, params.anchor_preset)
