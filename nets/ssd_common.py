@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -11,7 +12,12 @@ def flatten_layers(tensors: Sequence[tf.Tensor], last_dim: int) -> tf.Tensor:
 
     The order is (layer, row, column, anchor), the order of ``net.anchors()``.
     """
-    flat = [tf.reshape(t, [tf.shape(t)[0], -1, last_dim]) for t in tensors]
+    flat = []
+    for t in tensors:
+        # A static anchor count (h*w*A) keeps the [N, A, D] shape static in tf.function graphs.
+        inner = t.shape[1:-1]
+        size = int(np.prod(inner)) if inner.is_fully_defined() else -1
+        flat.append(tf.reshape(t, [tf.shape(t)[0], size, last_dim]))
     return tf.concat(flat, axis=1)
 
 
