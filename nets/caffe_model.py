@@ -611,7 +611,20 @@ def build_params(model_name: str, caffe_net: Any, layers: Sequence[caffe_pb.Caff
             raise CaffeConversionError(f"{prototxt_path}: no PriorBox layer; give the model's "
                                        f"deploy.prototxt")
         anchor_source = prototxt_path
-        params = anchor_params_from_prior_boxes(params, specs, source=prototxt_path)
+        base = params
+        params = anchor_params_from_prior_boxes(base, specs, source=prototxt_path)
+        stored = prior_box_specs(caffe_net, source=caffemodel_path)
+        if stored:
+            try:
+                own = anchor_params_from_prior_boxes(base, stored, source=caffemodel_path)
+            except CaffeConversionError:
+                own = None
+            fields = ("anchor_sizes", "anchor_ratios", "anchor_steps", "anchor_offset",
+                      "prior_scaling")
+            if own is None or any(getattr(own, f) != getattr(params, f) for f in fields):
+                _LOG.warning("%s: its PriorBox layers differ from those stored in %s; using the "
+                             "prototxt's (is it the deploy.prototxt of this model?)",
+                             prototxt_path, caffemodel_path)
     else:
         specs = prior_box_specs(caffe_net, source=caffemodel_path)
         if specs:

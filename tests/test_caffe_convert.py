@@ -759,3 +759,23 @@ def test_geometry_check_flags_a_different_dilation(tmp_path):
         "dilation: 3"), name="bad.prototxt")
     issues = caffe_model.check_conv_geometry(caffe_pb.net_layers(bad), base, source="bad")
     assert issues == ["bad: layer 'fc6' has stride 1, pad 3, dilation 3; the TF net uses 1, 6, 6"]
+
+
+def test_prototxt_wins_over_stored_priorboxes_with_a_warning(tmp_path, zero_weights_300, caplog):
+    layers = as_layers(zero_weights_300)
+    coco = dict(SSD300_PRIORS, min=[21, 45, 99, 153, 207, 261], max=[45, 99, 153, 207, 261, 315])
+    stored = caffe_pb.NetParameter()
+    stored.layer.extend(prior_box_layers("ssd_300_vgg", coco))
+    # Without a prototxt the caffemodel's own PriorBox layers are used, silently.
+    params, source = caffe_model.build_params("ssd_300_vgg", stored, layers,
+                                              caffemodel_path="m.caffemodel")
+    assert params.anchor_preset == "coco_ft" and source == "m.caffemodel (its PriorBox layers)"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # A prototxt with other priors wins, and the disagreement is logged.
+    proto = parse_text(tmp_path, deploy_prototxt("ssd_300_vgg", 21))
+    params, source = caffe_model.build_params("ssd_300_vgg", stored, layers, prototxt_net=proto,
+                                              caffemodel_path="m.caffemodel",
+                                              prototxt_path="deploy.prototxt")
+    assert params.anchor_preset == "voc" and source == "deploy.prototxt"
+    assert any("differ from those stored in m.caffemodel" in r.getMessage()
+               for r in caplog.records)
