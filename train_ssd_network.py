@@ -41,9 +41,9 @@ flags.DEFINE_enum("matching", None, ["caffe", "original"],
 flags.DEFINE_enum("negative_mining", None, ["per_image", "batch"],
                   "Hard negative mining per image (Caffe) or over the whole batch (original). "
                   "Default: from --recipe.")
-flags.DEFINE_enum("loss_normalization", None, ["positives", "batch"],
+flags.DEFINE_enum("loss_normalization", None, ["positives", "batch_size"],
                   "Divide the loss by the number of matched anchors (Caffe, 'positives') or by "
-                  "the batch size (original, 'batch'). Default: from --recipe.")
+                  "the batch size (original, 'batch_size'). Default: from --recipe.")
 flags.DEFINE_string("anchor_preset", None,
                     "Anchor sizes: 'voc' (Caffe VOC0712 models) or 'coco_ft' (the COCO / '_ft' "
                     "models and the original's default). Default: from --recipe (caffe_voc: "
@@ -137,7 +137,8 @@ flags.DEFINE_float("learning_rate", None,
                    "1e-3; original: 0.01).")
 flags.DEFINE_float("end_learning_rate", 0.0001,
                    "Final learning rate of the polynomial and cosine schedules.")
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the classification loss.")
+flags.DEFINE_float("label_smoothing", 0.0,
+                   "Kept from the original, which ignored it; only 0 is accepted.")
 flags.DEFINE_float("learning_rate_decay_factor", 0.94, "Learning rate decay factor (exponential).")
 flags.DEFINE_float("num_epochs_per_decay", 2.0,
                    "Epochs after which the learning rate decays (exponential, polynomial).")

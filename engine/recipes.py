@@ -65,7 +65,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "max_number_of_steps": 0,              # 0: run until stopped, as the original
         "matching": "original",
         "negative_mining": "batch",
-        "loss_normalization": "batch",
+        "loss_normalization": "batch_size",
         "augmentation": "original",
         "anchor_preset": "coco_ft",
     },

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 MIXED_PRECISION_MODES = ("bfloat16", "float16")
 NEGATIVE_MINING_MODES = ("per_image", "batch")
 MATCHING_MODES = ("caffe", "original")
-LOSS_NORMALIZATIONS = ("positives", "batch")
+LOSS_NORMALIZATIONS = ("positives", "batch_size")
 AUGMENTATIONS = ("caffe", "original", "none")
 CHECKPOINT_NAME = "ckpt"
 CONFIG_FILENAME = "config.json"
@@ -244,8 +244,9 @@ def validate(config: TrainConfig) -> None:
          f"--moving_average_decay must be in (0, 1), got {c.moving_average_decay}.")
     need(c.gpu_memory_fraction is None or 0.0 < c.gpu_memory_fraction <= 1.0,
          f"--gpu_memory_fraction must be in (0, 1], got {c.gpu_memory_fraction}.")
-    need(c.label_smoothing == 0.0 or 0.0 < c.label_smoothing < 1.0,
-         f"--label_smoothing must be in [0, 1), got {c.label_smoothing}.")
+    need(c.label_smoothing == 0.0,
+         f"--label_smoothing={c.label_smoothing}: not implemented (the original accepted this "
+         "flag and silently ignored it); leave it at 0.")
     if c.learning_rate_decay_type == "piecewise":
         need(bool(c.learning_rate_boundaries),
              "--learning_rate_decay_type=piecewise needs --learning_rate_boundaries "
@@ -645,9 +646,11 @@ class CheckpointKeeper:
         start = time.time()
         path = self.manager.save(checkpoint_number=step)
         self.last_saved_step = step
-        if self.is_chief:
-            self._remove_orphan_sidecars()
-            logger.info("Saved checkpoint %s (%.1f s).", path, time.time() - start)
+        if not self.is_chief:
+            # This worker's copy is throw-away; the chief's is the checkpoint.
+            return os.path.join(self.train_dir, f"{CHECKPOINT_NAME}-{step}")
+        self._remove_orphan_sidecars()
+        logger.info("Saved checkpoint %s (%.1f s).", path, time.time() - start)
         return path
 
     def _remove_orphan_sidecars(self) -> None:
@@ -861,7 +864,8 @@ def train(config: TrainConfig, *, hooks: Optional[Mapping[str, Callable]] = None
                 [named[n] for n in named], config.moving_average_decay,
                 shadows=[ema_named[n] for n in named])
 
-    objects = {"model": ema_net if use_ema else net, "optimizer": optimizer, "step": step_var}
+    objects = {"model": ema_net if use_ema else net, "step": step_var,
+               "train_state": _deep_holder(optimizer)}
     if use_ema:
         objects["train_model"] = net
     checkpoint = tf.train.Checkpoint(**objects)
@@ -962,6 +966,8 @@ def train(config: TrainConfig, *, hooks: Optional[Mapping[str, Callable]] = None
                 writer.flush()
     if is_chief and config.export_tf1_checkpoint and stopped_by is None:
         _export_tf1(config.train_dir, objects["model"], step)
+    if multi_worker:
+        _barrier(strategy)
     keeper.close()
     if stopped_by:
         logger.warning("Stopped by %s at step %d; checkpoint %s.", stopped_by, step,
@@ -969,6 +975,30 @@ def train(config: TrainConfig, *, hooks: Optional[Mapping[str, Callable]] = None
     else:
         logger.info("Done: step %d, checkpoint %s.", step, last_checkpoint)
     return TrainResult(step, start_step, losses, last_checkpoint, stopped_by, initialized_from)
+
+
+def _deep_holder(optimizer) -> tf.train.Checkpoint:
+    """The optimizer, four object levels below the checkpoint root.
+
+    A variable is saved under its shortest path in the object graph. The optimizer refers to
+    the model's variables too (``optimizer/_trainable_variables/0``: 3 levels, where the net's
+    own path ``model/_graph/_operations/1/kernel`` has 5); kept this deep, the weights are
+    saved under ``model/...``, where ``nets.checkpoints`` (and so eval) looks for them.
+    """
+    return tf.train.Checkpoint(
+        state=tf.train.Checkpoint(slots=tf.train.Checkpoint(optimizer=optimizer)))
+
+
+def _barrier(strategy) -> None:
+    """All workers meet here (a one-number all-reduce), so that none exits while another
+    still works: a worker that leaves early makes the others log heartbeat errors."""
+
+    @tf.function
+    def meet():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.ones([])))
+
+    meet()
 
 
 def _current_lr(optimizer) -> float:
@@ -1200,16 +1230,15 @@ def _make_train_step(config: TrainConfig, strategy, net, optimizer, trainable, l
     weight_decay = float(config.weight_decay or 0.0)
     loss_kwargs = dict(negative_ratio=config.negative_ratio, alpha=config.loss_alpha,
                        mining=config.negative_mining, match_threshold=config.match_threshold,
-                       label_smoothing=config.label_smoothing,
                        normalization=config.loss_normalization)
 
     def compute(images, targets, normalizer_local, normalizer_global):
         with tf.GradientTape() as tape:
             out = net(images, training=True)
             flat = net.flat_outputs(out)
-            det = _call_with_supported(
-                losses_lib.ssd_losses, flat["logits"], flat["localisations"],
-                targets["labels"], targets["localisations"], targets["scores"], **loss_kwargs)
+            det = losses_lib.ssd_losses(
+                flat["logits"], flat["localisations"], targets["labels"],
+                targets["localisations"], targets["scores"], **loss_kwargs)
             # ssd_losses normalizes by this replica's count; rescale so that summing the
             # replicas' contributions gives the loss of the global batch.
             scale = normalizer_local / normalizer_global

@@ -1,0 +1,307 @@
+"""Unit tests of the training engine: schedules, optimizers, weight decay, moving average,
+recipes, scopes, checkpoint scope detection, summaries (hand-computed values)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from engine import optimizers as opt_lib
+from engine import recipes, training
+
+
+# ---------------------------------------------------------------------------------------
+# Learning-rate schedules (golden values by hand)
+# ---------------------------------------------------------------------------------------
+
+def _lr(schedule, step: int) -> float:
+    return float(schedule(tf.constant(step, tf.int64)))
+
+
+def test_decay_steps_is_the_originals_formula():
+    # int(5011 / 32 * 2.0) = int(313.1875)
+    assert opt_lib.decay_steps_per_period(5011, 32, 2.0) == 313
+    assert opt_lib.decay_steps_per_period(10, 32, 2.0) == 1  # never 0
+
+
+def test_exponential_is_staircase():
+    s = opt_lib.StaircaseExponentialDecay(0.01, 100, 0.94)
+    assert _lr(s, 0) == pytest.approx(0.01)
+    assert _lr(s, 99) == pytest.approx(0.01)
+    assert _lr(s, 100) == pytest.approx(0.0094)
+    assert _lr(s, 250) == pytest.approx(0.01 * 0.94 ** 2)
+
+
+def test_polynomial_is_linear_then_flat():
+    s = opt_lib.LinearPolynomialDecay(0.01, 100, 1e-4)
+    assert _lr(s, 0) == pytest.approx(0.01)
+    assert _lr(s, 50) == pytest.approx(0.00505)
+    assert _lr(s, 100) == pytest.approx(1e-4)
+    assert _lr(s, 1000) == pytest.approx(1e-4)
+
+
+def test_piecewise_changes_at_the_boundary_like_caffe_multistep():
+    s = opt_lib.MultiStepDecay((80000, 100000), (1e-3, 1e-4, 1e-5))
+    assert _lr(s, 0) == pytest.approx(1e-3)
+    assert _lr(s, 79999) == pytest.approx(1e-3)
+    assert _lr(s, 80000) == pytest.approx(1e-4)
+    assert _lr(s, 99999) == pytest.approx(1e-4)
+    assert _lr(s, 100000) == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="one more value"):
+        opt_lib.MultiStepDecay((10,), (1.0,))
+
+
+def test_piecewise_values_default_to_caffe_gamma():
+    settings = opt_lib.LearningRateSettings(decay_type="piecewise", learning_rate=2e-3,
+                                            boundaries=(10, 20))
+    s = opt_lib.build_learning_rate(settings, num_samples_per_epoch=100, global_batch_size=10)
+    assert [_lr(s, t) for t in (0, 10, 20)] == pytest.approx([2e-3, 2e-4, 2e-5])
+
+
+def test_cosine_after_warmup_and_linear_warmup():
+    s = opt_lib.CosineDecaySchedule(1.0, 100, 0.0, start_step=10)
+    assert _lr(s, 10) == pytest.approx(1.0)
+    assert _lr(s, 60) == pytest.approx(0.5)
+    assert _lr(s, 110) == pytest.approx(0.0, abs=1e-7)
+    assert _lr(s, 500) == pytest.approx(0.0, abs=1e-7)
+    w = opt_lib.LinearWarmup(opt_lib.ConstantSchedule(1e-3), 1000, start_factor=0.001)
+    assert _lr(w, 0) == pytest.approx(1e-6)
+    assert _lr(w, 500) == pytest.approx(1e-3 * (0.001 + 0.999 * 0.5))
+    assert _lr(w, 1000) == pytest.approx(1e-3)
+    assert _lr(w, 5000) == pytest.approx(1e-3)
+    settings = opt_lib.LearningRateSettings(decay_type="cosine", learning_rate=1.0,
+                                            warmup_steps=10, end_learning_rate=0.0)
+    built = opt_lib.build_learning_rate(settings, num_samples_per_epoch=1, global_batch_size=1,
+                                        max_steps=110)
+    assert _lr(built, 60) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="max_number_of_steps"):
+        opt_lib.build_learning_rate(settings, num_samples_per_epoch=1, global_batch_size=1)
+
+
+def test_unknown_decay_type_lists_the_valid_ones():
+    settings = opt_lib.LearningRateSettings(decay_type="step")
+    with pytest.raises(ValueError, match="fixed, exponential, polynomial, piecewise, cosine"):
+        opt_lib.build_learning_rate(settings, num_samples_per_epoch=1, global_batch_size=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizers
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, cls", [
+    ("adadelta", "Adadelta"), ("adagrad", "Adagrad"), ("adam", "Adam"), ("adamw", "AdamW"),
+    ("ftrl", "Ftrl"), ("momentum", "SGD"), ("rmsprop", "RMSprop"), ("sgd", "SGD")])
+def test_every_original_optimizer_and_adamw(name, cls):
+    settings = opt_lib.OptimizerSettings(name=name, weight_decay=0.05)
+    optimizer = opt_lib.build_optimizer(settings, 0.1)
+    assert type(optimizer).__name__ == cls
+    if name in ("adam", "adamw", "rmsprop", "adadelta"):
+        assert optimizer.epsilon == 1e-8
+    if name == "rmsprop":
+        assert optimizer.rho == 0.9 and optimizer.momentum == 0.9
+    if name == "momentum":
+        assert optimizer.momentum == 0.9
+    if name == "sgd":
+        assert optimizer.momentum == 0.0
+    if name == "adamw":
+        assert optimizer.weight_decay == 0.05
+    with pytest.raises(ValueError, match="adadelta, adagrad, adam, adamw, ftrl, momentum"):
+        opt_lib.build_optimizer(dataclasses.replace(settings, name="nadam"), 0.1)
+
+
+def test_momentum_update_is_caffes():
+    # Caffe: v = m*v - lr*g; w += v. w=1, g=1 (loss w), lr 0.1, m 0.9:
+    # step 1: v=-0.1, w=0.9; step 2: v=-0.19, w=0.71.
+    w = tf.Variable(1.0)
+    optimizer = opt_lib.build_optimizer(opt_lib.OptimizerSettings(name="momentum"), 0.1)
+    optimizer.apply([tf.constant(1.0)], [w])
+    assert float(w) == pytest.approx(0.9)
+    optimizer.apply([tf.constant(1.0)], [w])
+    assert float(w) == pytest.approx(0.71)
+
+
+def test_l2_regularization_is_half_sum_of_squares_and_gradient_wd_w():
+    a = tf.Variable([1.0, 2.0])
+    b = tf.Variable([[3.0]])
+    with tf.GradientTape() as tape:
+        reg = opt_lib.l2_regularization([a, b], 0.1)
+    assert float(reg) == pytest.approx(0.1 * (1 + 4 + 9) / 2)
+    ga, gb = tape.gradient(reg, [a, b])
+    np.testing.assert_allclose(ga, [0.1, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(gb, [[0.3]], rtol=1e-6)
+    assert float(opt_lib.l2_regularization([a], 0.0)) == 0.0
+
+
+def test_moving_average_follows_tf_rule_with_num_updates():
+    v = tf.Variable(1.0)
+    ema = opt_lib.ExponentialMovingAverage([v], 0.9)
+    assert float(ema.shadows[0]) == 1.0  # starts at the variable
+    v.assign(3.0)
+    ema.update(tf.constant(0))   # d = min(0.9, 1/10) = 0.1: 1 - 0.9 * (1 - 3) = 2.8
+    assert float(ema.shadows[0]) == pytest.approx(2.8)
+    v.assign(5.0)
+    ema.update(tf.constant(100))  # d = min(0.9, 101/110) = 0.9: 2.8 - 0.1 * (2.8 - 5) = 3.02
+    assert float(ema.shadows[0]) == pytest.approx(3.02)
+    with pytest.raises(ValueError, match="moving_average_decay"):
+        opt_lib.ExponentialMovingAverage([v], 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Recipes and configuration
+# ---------------------------------------------------------------------------------------
+
+def test_recipe_fills_only_unset_fields():
+    config = training.TrainConfig(dataset_name="voc", dataset_dir="x", optimizer="adam").resolved()
+    assert config.optimizer == "adam"                 # explicit wins
+    assert config.learning_rate == 1e-3 and config.weight_decay == 5e-4
+    assert config.learning_rate_decay_type == "piecewise"
+    assert config.learning_rate_boundaries == (80000, 100000)
+    assert config.max_number_of_steps == 120000 and config.batch_size == 32
+    assert config.matching == "caffe" and config.anchor_preset == "voc"
+    original = training.TrainConfig(recipe="original").resolved()
+    assert original.optimizer == "rmsprop" and original.learning_rate == 0.01
+    assert original.learning_rate_decay_type == "exponential"
+    assert original.matching == "original" and original.negative_mining == "batch"
+    assert original.loss_normalization == "batch_size" and original.anchor_preset == "coco_ft"
+    with pytest.raises(training.UsageError, match="caffe_voc, original"):
+        training.TrainConfig(recipe="yolo").resolved()
+    assert set(recipes.RECIPES["caffe_voc"]) == set(recipes.RECIPES["original"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dataset_name": ""}, "--dataset_name is required"),
+    ({"labels_offset": 1}, "--labels_offset=1"),
+    ({"label_smoothing": 0.1}, "not implemented"),
+    ({"learning_rate_boundaries": ()}, "needs --learning_rate_boundaries"),
+    ({"learning_rate_values": (1.0,)}, "needs 3 values"),
+    ({"mixed_precision": "int8"}, "--mixed_precision"),
+    ({"batch_size": 0}, "--batch_size must be >= 1"),
+])
+def test_validate_names_the_flag(changes, message):
+    config = dataclasses.replace(training.TrainConfig(dataset_name="voc", dataset_dir="d"),
+                                 **changes).resolved()
+    with pytest.raises(training.UsageError, match=message):
+        training.validate(config)
+
+
+def test_nonfinite_error_names_step_losses_and_images():
+    err = training.NonFiniteLossError(17, {"total": float("nan"), "localization": 1.5},
+                                      ["img_1", "img_2"])
+    assert str(err).startswith("non-finite loss at step 17 (total=nan, localization=1.5); "
+                               "images of the batch: [img_1, img_2].")
+    assert err.exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Scopes, network params, checkpoint scope detection
+# ---------------------------------------------------------------------------------------
+
+class _Var:
+    def __init__(self, trainable: bool = True):
+        self.trainable = trainable
+
+
+def test_trainable_scopes_match_whole_path_components():
+    named = {n: _Var() for n in ("ssd_300_vgg/block1/conv/weights",
+                                 "ssd_300_vgg/block10/conv/weights",
+                                 "ssd_300_vgg/block10_box/conv_cls/biases")}
+    named["ssd_300_vgg/bn/moving_mean"] = _Var(trainable=False)
+    assert training.select_trainable(named, None) == list(named)[:3]
+    assert training.select_trainable(named, "ssd_300_vgg/block1") == [
+        "ssd_300_vgg/block1/conv/weights"]
+    assert training.select_trainable(named, " ssd_300_vgg/block10/ , ssd_300_vgg/block10_box") \
+        == list(named)[1:3]
+    with pytest.raises(training.UsageError, match="matches no variable; this net's scopes are "
+                                                  "ssd_300_vgg/block1, ssd_300_vgg/block10"):
+        training.select_trainable(named, "ssd_300_vgg/conv9")
+
+
+def test_weight_decay_covers_kernels_and_optionally_the_l2norm_scale():
+    kernel, bias, gamma = _Var(), _Var(), _Var()
+
+    class Net:
+        def weight_decay_variables(self):
+            return [kernel]
+
+    named = {"m/conv/weights": kernel, "m/conv/biases": bias,
+             "m/block4_box/L2Normalization/gamma": gamma}
+    assert training.weight_decay_names(Net(), named, False) == ["m/conv/weights"]
+    assert training.weight_decay_names(Net(), named, True) == [
+        "m/conv/weights", "m/block4_box/L2Normalization/gamma"]
+
+
+def test_small_train_image_size_keeps_the_feature_layers_that_fit():
+    from nets import nets_factory
+
+    base = nets_factory.get_network("ssd_300_vgg").default_params
+    p64 = training.net_params_for(base, 5, 64, None)
+    assert p64.feat_layers == ("block4", "block7", "block8", "block9")
+    assert p64.feat_shapes == ((8, 8), (4, 4), (2, 2), (1, 1))
+    assert [b.name for b in p64.extra_blocks] == ["block8", "block9"]
+    assert p64.anchor_sizes == base.anchor_sizes[:4] and p64.num_classes == 5
+    p300 = training.net_params_for(base, 21, None, "coco_ft")
+    assert p300.feat_layers == base.feat_layers and p300.anchor_preset == "coco_ft"
+    assert p300.anchor_sizes[0] == (21.0, 45.0)
+    with pytest.raises(training.UsageError, match="--anchor_preset"):
+        training.net_params_for(base, 21, None, "kitti")
+
+
+def _write_tf1(prefix: str, names: list[str]) -> str:
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.zeros([1]) for _ in names])
+    return prefix
+
+
+def test_checkpoint_model_scope_detection(tmp_path, caplog):
+    vgg = _write_tf1(str(tmp_path / "vgg_16.ckpt"), ["vgg_16/conv1/conv1_1/weights",
+                                                    "vgg_16/fc8/biases", "global_step"])
+    ssd = _write_tf1(str(tmp_path / "ssd.ckpt"), ["ssd_300_vgg/conv1/conv1_1/weights"])
+    other = _write_tf1(str(tmp_path / "other.ckpt"), ["resnet/conv1/weights"])
+    assert training.resolve_model_scope(vgg, "ssd_300_vgg", None) == "vgg_16"
+    assert training.resolve_model_scope(ssd, "ssd_300_vgg", None) is None
+    assert training.resolve_model_scope(other, "ssd_300_vgg", None) is None
+    assert training.resolve_model_scope(other, "ssd_300_vgg", "resnet") == "resnet"
+    caplog.set_level("WARNING")
+    # The original README's stage 2: --checkpoint_model_scope=vgg_16 on an SSD checkpoint.
+    assert training.resolve_model_scope(ssd, "ssd_300_vgg", "vgg_16") is None
+    assert "--checkpoint_model_scope=vgg_16 ignored" in caplog.text
+    obj = tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(tmp_path / "obj" / "ckpt"))
+    assert training.resolve_model_scope(obj, "ssd_300_vgg", "vgg_16") is None
+
+
+def test_summary_images_draw_the_boxes_of_positive_anchors():
+    from tf_extended import boxes as tfe_boxes
+
+    anchors = np.array([[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 0.5, 0.5]], np.float32)
+    gt = tf.constant([[[0.125, 0.25, 0.625, 0.75], [0.0, 0.0, 0.5, 0.5]]], tf.float32)
+    locs = tfe_boxes.encode(gt, tf.constant(anchors)[None], (0.1, 0.1, 0.2, 0.2))
+    labels = tf.constant([[3, 0]], tf.int64)  # only the first anchor is positive
+    # A mid-grey image: RGB minus the means (123, 117, 104) is -> 128 everywhere.
+    images = tf.constant(128.0, shape=[1, 33, 33, 3]) - tf.constant([123.0, 117.0, 104.0])
+    out = training.summary_images(images, labels, locs, anchors, (0.1, 0.1, 0.2, 0.2)).numpy()
+    assert out.shape == (1, 33, 33, 3)
+    grey = 128.0 / 255.0
+    np.testing.assert_allclose(out[0, 16, 16], [grey] * 3, atol=1e-6)  # inside: untouched
+    # Top edge of the positive box: row 0.125 * 32 = 4, columns 8..24, drawn in red.
+    np.testing.assert_allclose(out[0, 4, 16], [1.0, 0.2, 0.2], atol=1e-6)
+    # The negative anchor's box (top-left quarter, edge at row 16 col 4) is not drawn.
+    np.testing.assert_allclose(out[0, 16, 4], [grey] * 3, atol=1e-6)
+
+
+def test_format_duration():
+    assert training._format_duration(59) == "59s"
+    assert training._format_duration(61) == "1m01s"
+    assert training._format_duration(3 * 3600 + 120) == "3h02m"
+    assert training._format_duration(math.inf) == "?"
+
+
+def test_atomic_write_json_leaves_no_temporary(tmp_path):
+    path = str(tmp_path / "c.json")
+    training.atomic_write_json(path, {"a": (1, 2)})
+    training.atomic_write_json(path, {"a": 3})
+    assert os.listdir(tmp_path) == ["c.json"]
+    assert open(path).read().strip() == '{\n "a": 3\n}'
