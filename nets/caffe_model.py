@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -225,6 +224,9 @@ def convert_weights(layers: Sequence[caffe_pb.CaffeLayer],
         layer = by_name.get(layer_name)
         if layer is None:
             continue
+        if len(layer.blobs) > len(targets):
+            problems.append(f"layer '{layer_name}' has {len(layer.blobs)} blobs, but the TF net "
+                            f"uses {len(targets)} ({', '.join(t[0] for t in targets)})")
         for name, index, tf_shape in sorted(targets, key=lambda v: v[1]):
             if index >= len(layer.blobs):
                 problems.append(f"layer '{layer_name}' has {len(layer.blobs)} blob(s), but "

@@ -21,7 +21,6 @@ This module needs only NumPy and protobuf (no TensorFlow).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any, Iterable, Sequence
 
@@ -47,8 +46,6 @@ __all__ = [
     "read_caffemodel",
     "write_caffemodel",
 ]
-
-_LOG = logging.getLogger(__name__)
 
 _F = descriptor_pb2.FieldDescriptorProto
 _OPT, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED

@@ -596,6 +596,12 @@ def test_missing_unused_duplicate_and_biasless_layers(zero_weights_300, var_shap
         caffe_model.convert_weights(layers, var_shapes["ssd_300_vgg"], "ssd_300_vgg")
 
     weights = dict(zero_weights_300)
+    weights["conv4_3_norm"] = weights["conv4_3_norm"] * 2
+    assert convert_error(weights, var_shapes["ssd_300_vgg"]) == (
+        "m.caffemodel: layer 'conv4_3_norm' has 2 blobs, but the TF net uses 1 "
+        "(ssd_300_vgg/block4_box/L2Normalization/gamma)")
+
+    weights = dict(zero_weights_300)
     weights["conv2_1"] = weights["conv2_1"][:1]
     msg = convert_error(weights, var_shapes["ssd_300_vgg"])
     assert "layer 'conv2_1' has 1 blob(s), but ssd_300_vgg/conv2/conv2_1/biases needs blob 1" in msg
