@@ -24,12 +24,13 @@ Two matching recipes are available:
 Boxes are ``(ymin, xmin, ymax, xmax)``, normalized; localisation targets are Caffe's
 ``(x, y, w, h)`` offsets from :func:`tf_extended.boxes.encode`.
 
-The step 1 implementation matches, in parallel, every pair that is the best of both its
-row (ground truth) and its column (anchor) among what is still unmatched, and repeats. With
-a strict total order on pairs (IoU desc, anchor asc, ground truth asc) this gives exactly
-the same matching as the sequential greedy loop, usually in one or two rounds; each round
-only looks at the G best anchors of each ground truth (no ground truth can lose more than
-G - 1 of them before it is matched).
+The step 1 implementation is vectorized and gives exactly the sequential loop's matching.
+With the strict total order on pairs (IoU desc, anchor asc, ground truth asc), greedy
+matching equals repeatedly matching, all at once, every pair that is the best of both its
+row (ground truth) and its column (anchor) among what is still unmatched: a tf.while_loop of
+usually 2-3 rounds over the [G, A] IoU matrix (at most G). When the ground truths' best
+anchors are all different, which is the common case, that is the answer and the loop is
+skipped.
 """
 from __future__ import annotations
 
@@ -49,71 +50,76 @@ _CAFFE_MIN_OVERLAP = 1e-6
 MATCHING_MODES = ("caffe", "original")
 
 
-def _bipartite_match(iou: tf.Tensor, num_candidates: int | tf.Tensor) -> tf.Tensor:
+def _bipartite_match(iou: tf.Tensor) -> tf.Tensor:
     """Caffe's greedy bipartite step.
 
     Args:
       iou: [N, G, A] float32; rows of invalid ground truths hold 0.
-      num_candidates: min(G, A), the number of best anchors kept per ground truth.
 
     Returns:
       [N, G] int32: the anchor each ground truth took, or -1.
     """
     shape = tf.shape(iou)
-    num_gt = shape[1]
-    num_a = shape[2]
-    a_range = tf.range(num_a)
+    batch, num_gt, num_a = shape[0], shape[1], shape[2]
     g_range = tf.range(num_gt)
+    # Round 1's row bests (over all anchors). Ties: the lowest anchor index (*).
+    best_anchor = tf.argmax(iou, axis=2, output_type=tf.int32)  # [N, G]
+    best_val = tf.gather(iou, best_anchor[:, :, tf.newaxis], axis=2, batch_dims=2)[:, :, 0]
+    has = best_val > _CAFFE_MIN_OVERLAP
     # Fast path: when the ground truths' best anchors are all different, greedy matching gives
     # each ground truth its best anchor (taking the global best pair never removes another
-    # ground truth's best anchor). Equal IoUs: the lower anchor index, as in the loop.
-    row_arg = tf.argmax(iou, axis=2, output_type=tf.int32)  # [N, G]; first index on ties (*)
-    row_best = tf.gather(iou, row_arg[:, :, tf.newaxis], axis=2, batch_dims=2)[:, :, 0]
-    row_ok = row_best > _CAFFE_MIN_OVERLAP
-    clash = (row_arg[:, :, tf.newaxis] == row_arg[:, tf.newaxis, :]) & row_ok[:, :, tf.newaxis] \
-        & row_ok[:, tf.newaxis, :] & (g_range[:, tf.newaxis] != g_range[tf.newaxis, :])
-    fast = tf.where(row_ok, row_arg, -1)
-    return tf.cond(tf.reduce_any(clash), lambda: _greedy_rounds(iou, num_candidates), lambda: fast)
+    # ground truth's best anchor).
+    clash = (best_anchor[:, :, tf.newaxis] == best_anchor[:, tf.newaxis, :]) & has[:, :, tf.newaxis] \
+        & has[:, tf.newaxis, :] & (g_range[:, tf.newaxis] != g_range[tf.newaxis, :])
+    fast = tf.where(has, best_anchor, -1)
+    return tf.cond(tf.reduce_any(clash), lambda: _greedy_rounds(iou, best_anchor, best_val), lambda: fast)
 
 
-def _greedy_rounds(iou: tf.Tensor, num_candidates: int | tf.Tensor) -> tf.Tensor:
-    """The general case of :func:`_bipartite_match`: rounds of locally dominant pairs."""
+def _greedy_rounds(iou: tf.Tensor, best_anchor: tf.Tensor, best_val: tf.Tensor) -> tf.Tensor:
+    """The general case of :func:`_bipartite_match`: rounds of locally dominant pairs.
+
+    Each round, every open ground truth has its best anchor among those not taken yet
+    (``best_anchor``, ``best_val`` [N, G] for the first round); the pairs that are also the
+    best of their anchor's column (among open ground truths) are matched together. Usually
+    2-3 rounds, at most G.
+    """
     shape = tf.shape(iou)
-    num_gt = shape[1]
-    cand_val, cand_idx = tf.math.top_k(iou, k=num_candidates)  # [N, G, K], (value desc, index asc)
-    candidate = cand_val > _CAFFE_MIN_OVERLAP
-    k_range = tf.range(tf.shape(cand_idx)[2])
+    batch, num_gt, num_a = shape[0], shape[1], shape[2]
     g_range = tf.range(num_gt)
-    # beats_tie[g', g]: ground truth g' wins a tie against g on the same anchor (lower index).
-    lower_gt = g_range[:, tf.newaxis] < g_range[tf.newaxis, :]
+    lower_gt = g_range[:, tf.newaxis] < g_range[tf.newaxis, :]  # [g', g]: g' wins ties against g
+    batch_index = tf.repeat(tf.range(batch)[:, tf.newaxis], num_gt, axis=1)  # [N, G]
 
-    def body(open_gt, taken, forced, _):
-        eligible = candidate & ~taken & open_gt[:, :, tf.newaxis]
-        num_k = tf.shape(cand_idx)[2]
-        first = tf.reduce_min(tf.where(eligible, k_range, num_k), axis=2)  # [N, G]
-        has = first < num_k
-        first = tf.minimum(first, num_k - 1)
-        best_anchor = tf.gather(cand_idx, first, batch_dims=2)  # [N, G]: row best
-        best_val = tf.gather(cand_val, first, batch_dims=2)
+    def next_best(open_gt, taken):
+        blocked = taken[:, tf.newaxis, :-1] | ~open_gt[:, :, tf.newaxis]
+        masked = tf.where(blocked, -1.0, iou)  # [N, G, A]
+        anchor = tf.argmax(masked, axis=2, output_type=tf.int32)  # ties: lowest index (*)
+        return anchor, tf.gather(masked, anchor[:, :, tf.newaxis], axis=2, batch_dims=2)[:, :, 0]
+
+    def body(open_gt, taken, forced, best_anchor, best_val, _):
+        has = open_gt & (best_val > _CAFFE_MIN_OVERLAP)
         col = tf.gather(iou, best_anchor, axis=2, batch_dims=1)  # [N, G', G] = iou[g', best_anchor[g]]
         ref = best_val[:, tf.newaxis, :]
         beaten = open_gt[:, :, tf.newaxis] & ((col > ref) | ((col == ref) & lower_gt))
         dominant = has & ~tf.reduce_any(beaten, axis=1)  # best of its row and of its column
         forced = tf.where(dominant, best_anchor, forced)
         open_gt = open_gt & ~dominant
-        new_anchor = tf.where(dominant, best_anchor, -1)  # [N, G]
-        taken = taken | tf.reduce_any(
-            cand_idx[:, :, :, tf.newaxis] == new_anchor[:, tf.newaxis, tf.newaxis, :], axis=-1)
-        return open_gt, taken, forced, tf.reduce_any(has)
+        # `taken` has a dummy last column (index A) that absorbs the rows matching nothing.
+        column = tf.where(dominant, best_anchor, num_a)
+        taken = tf.tensor_scatter_nd_update(taken, tf.stack([batch_index, column], axis=-1),
+                                            tf.ones_like(dominant))
+        active = tf.reduce_any(has & ~dominant)
+        best_anchor, best_val = tf.cond(active, lambda: next_best(open_gt, taken),
+                                        lambda: (best_anchor, best_val))
+        return open_gt, taken, forced, best_anchor, best_val, active
 
-    open_gt = tf.reduce_any(candidate, axis=2)
-    taken = tf.zeros_like(candidate)
+    open_gt = best_val > _CAFFE_MIN_OVERLAP
+    taken = tf.zeros(tf.stack([batch, num_a + 1]), tf.bool)
     forced = -tf.ones(shape[:2], tf.int32)
-    _, _, forced, _ = tf.while_loop(
-        lambda o, t, f, active: active, body,
-        (open_gt, taken, forced, tf.constant(True)),
-        maximum_iterations=num_gt + 1)
-    return forced
+    out = tf.while_loop(
+        lambda *state: state[-1], body,
+        (open_gt, taken, forced, best_anchor, best_val, tf.constant(True)),
+        maximum_iterations=num_gt)
+    return out[2]
 
 
 def batch_encode_targets(gt_labels: tf.Tensor,
@@ -163,7 +169,6 @@ def batch_encode_targets(gt_labels: tf.Tensor,
         gt_bboxes = tf.pad(gt_bboxes, [[0, 0], [0, extra], [0, 0]])
         gt_labels = tf.pad(gt_labels, [[0, 0], [0, extra]])
         gt_difficult = tf.pad(gt_difficult, [[0, 0], [0, extra]])
-    static_g = gt_bboxes.shape[1]
     num_slots = tf.shape(gt_bboxes)[1]
     g_range = tf.range(num_slots)
 
@@ -184,12 +189,7 @@ def batch_encode_targets(gt_labels: tf.Tensor,
     scores = best_iou
 
     if matching == "caffe":
-        num_anchors = anchors.shape[0]
-        if static_g is not None and num_anchors is not None:
-            num_candidates = min(static_g, num_anchors)
-        else:
-            num_candidates = tf.minimum(num_slots, tf.shape(anchors)[0])
-        forced = _bipartite_match(iou, num_candidates)  # [N, G], anchor index or -1
+        forced = _bipartite_match(iou)  # [N, G], anchor index or -1
         # Scatter the forced pairs over the per-prediction result. Unmatched ground truths write
         # into an extra dummy column A, dropped afterwards (forced anchors are distinct).
         num_a = tf.shape(anchors)[0]
