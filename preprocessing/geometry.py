@@ -249,58 +249,73 @@ def flip_bboxes(bboxes: tf.Tensor) -> tf.Tensor:
 
 def render_window(image: tf.Tensor, window: tf.Tensor, out_shape: Sequence[int],
                   flip: tf.Tensor | bool = False,
-                  method: str = "bilinear") -> tuple[tf.Tensor, tf.Tensor]:
+                  method: str | tf.Tensor = "bilinear") -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Crop ``window`` out of ``image`` and warp-resize it to ``out_shape`` with one crop_and_resize.
 
     Pixel convention: pixel ``i`` of an image of height H covers [i/H, (i+1)/H) in normalized
     units, and output pixel ``j`` samples the window at ``(j + 0.5) / out_h`` (the half-pixel
     convention of ``tf.image.resize``). ``crop_and_resize`` instead maps a box coordinate y to
-    pixel centre ``y * (H - 1)``; the window is converted so that the two agree, and the image
-    is padded by one replicated pixel so that samples between the outermost pixel centres and
-    the image border read the edge pixel (as ``tf.image.resize`` does).
+    pixel centre ``y * (H - 1)`` and extrapolates outside [0, H - 1]; the window is converted
+    so that the two agree. Samples between the outermost pixel centres and the image border
+    must read the edge pixel (as ``tf.image.resize`` does): only when some sample falls there
+    (crops touching the border while enlarging, or the expand canvas) is the image padded by
+    one replicated pixel first (a copy of the image), otherwise it is read in place.
 
     Output pixels whose sample point lies outside the image (the window may reach past it: the
-    expand canvas) are reported in ``inside``; their values are unspecified and the caller fills
-    them (with the mean). The test is done on the sample positions, so it is exact to the pixel
-    convention above.
+    expand canvas) are reported by ``inside_y``/``inside_x``; their values are unspecified and
+    the caller fills them (with the mean). The test is done on the sample positions, so it is
+    exact to the pixel convention above.
 
     Args:
       image: [H, W, C] (uint8 or float) image.
       window: float32 [4] ``(ymin, xmin, ymax, xmax)`` in image units; may exceed [0, 1].
       out_shape: (height, width) of the output.
       flip: scalar bool, mirror the output left-right (for free: the x sampling is reversed).
-      method: 'bilinear' or 'nearest'.
+      method: 'bilinear' or 'nearest', or a scalar bool tensor (True = nearest).
 
     Returns:
-      ``(pixels, inside)``: float32 [out_h, out_w, C] and bool [out_h, out_w, 1].
+      ``(pixels, inside_y, inside_x)``: float32 [out_h, out_w, C]; bool [out_h] and bool
+      [out_w], which output rows / columns sample inside the image (in output order).
     """
-    if method not in INTERPOLATIONS:
-        raise ValueError(f"interpolation {method!r} is not supported; choose from {INTERPOLATIONS}.")
+    if isinstance(method, str):
+        if method not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {method!r} is not supported; choose from {INTERPOLATIONS}.")
+        method = tf.constant(method == "nearest")
     out_h, out_w = int(out_shape[0]), int(out_shape[1])
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    # Replicate the border once so half-pixel samples at the edge clamp like tf.image.resize.
-    padded = tf.concat([image[:1], image, image[-1:]], axis=0)
-    padded = tf.concat([padded[:, :1], padded, padded[:, -1:]], axis=1)
     window = tf.cast(window, tf.float32)
-    extent = window[2:] - window[:2]
-    out = tf.constant([out_h, out_w], tf.float32)
-    step = extent / out  # window units per output pixel
-    # Pixel-centre coordinates (padded image) of the first and last output samples.
-    first = (window[:2] + 0.5 * step) * hw - 0.5 + 1.0
-    last = first + step * hw * (out - 1.0)
-    denom = hw + 1.0  # padded size - 1
-    y1, x1 = tf.unstack(first / denom)
-    y2, x2 = tf.unstack(last / denom)
-    flip = tf.convert_to_tensor(flip, tf.bool)
-    x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
-    crop = tf.stack([y1, x1, y2, x2])[tf.newaxis]
-    pixels = tf.image.crop_and_resize(padded[tf.newaxis], crop, tf.zeros([1], tf.int32),
-                                      [out_h, out_w], method=method)[0]
-    # Normalized sample positions of every output row / column, in output order.
+    step = (window[2:] - window[:2]) / tf.constant([out_h, out_w], tf.float32)
+    # Normalized sample positions of every output row / column.
     ys = window[0] + (tf.range(out_h, dtype=tf.float32) + 0.5) * step[0]
     xs = window[1] + (tf.range(out_w, dtype=tf.float32) + 0.5) * step[1]
-    xs = tf.where(flip, tf.reverse(xs, [0]), xs)
     inside_y = (ys >= 0.0) & (ys <= 1.0)
     inside_x = (xs >= 0.0) & (xs <= 1.0)
-    inside = inside_y[:, tf.newaxis, tf.newaxis] & inside_x[tf.newaxis, :, tf.newaxis]
-    return pixels, inside
+    # Pixel-centre coordinates of the first and last samples.
+    first = tf.stack([ys[0], xs[0]]) * hw - 0.5
+    last = tf.stack([ys[-1], xs[-1]]) * hw - 0.5
+    needs_pad = tf.reduce_any(first < 0.0) | tf.reduce_any(last > hw - 1.0) | tf.reduce_any(hw < 2.0)
+    flip = tf.convert_to_tensor(flip, tf.bool)
+
+    def crop(source, offset, denom, nearest):
+        y1, x1 = tf.unstack((first + offset) / denom)
+        y2, x2 = tf.unstack((last + offset) / denom)
+        x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
+        boxes = tf.stack([y1, x1, y2, x2])[tf.newaxis]
+        return tf.image.crop_and_resize(source[tf.newaxis], boxes, tf.zeros([1], tf.int32), [out_h, out_w],
+                                        method="nearest" if nearest else "bilinear")[0]
+
+    def padded(nearest):
+        # Replicate the border once so half-pixel samples at the edge clamp like tf.image.resize.
+        source = tf.concat([image[:1], image, image[-1:]], axis=0)
+        source = tf.concat([source[:, :1], source, source[:, -1:]], axis=1)
+        return crop(source, 1.0, hw + 1.0, nearest)
+
+    def direct(nearest):
+        return crop(image, 0.0, tf.maximum(hw - 1.0, 1.0), nearest)
+
+    branch = tf.cast(needs_pad, tf.int32) * 2 + tf.cast(method, tf.int32)
+    pixels = tf.switch_case(branch, [lambda: direct(False), lambda: direct(True),
+                                     lambda: padded(False), lambda: padded(True)])
+    pixels = tf.ensure_shape(pixels, [out_h, out_w, image.shape[-1]])
+    inside_x = tf.where(flip, tf.reverse(inside_x, [0]), inside_x)
+    return pixels, inside_y, inside_x

@@ -16,7 +16,8 @@ docs/preprocessing.md for why this equals Caffe's order up to clipping/rounding 
 from __future__ import annotations
 
 import enum
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import tensorflow as tf
 
@@ -42,6 +43,27 @@ class Resize(enum.IntEnum):
     CENTRAL_CROP = 2    # central crop or zero-pad (after mean subtraction) to out_shape
     PAD_AND_RESIZE = 3  # shrink to fit (aspect kept, never enlarge), then pad centrally
     WARP_RESIZE = 4     # bilinear warp to out_shape (default)
+
+
+@functools.lru_cache(maxsize=None)
+def _finisher(kind: str, channel_swap: bool, means: tuple[float, ...], jit_compile: bool) -> Callable:
+    """The per-pixel tail of the training chain as one (XLA-compiled) function.
+
+    ``finish(pixels, inside_y, inside_x, draws)``: photometric distortions ('caffe', 'original'
+    or 'none') on the rendered output, mean subtraction, and the expand fill set to exactly 0
+    (= the mean) wherever the output samples outside the image. XLA fuses these elementwise
+    ops into a few loops: about 3x faster than running them op by op on the CPU.
+    """
+    def finish(pixels, inside_y, inside_x, draws):
+        if kind == "caffe":
+            pixels = photometric.apply_caffe(pixels, draws, channel_swap)
+        elif kind == "original":
+            pixels = photometric.apply_original(pixels, draws)
+        mask = (tf.cast(inside_y, tf.float32)[:, tf.newaxis, tf.newaxis]
+                * tf.cast(inside_x, tf.float32)[tf.newaxis, :, tf.newaxis])
+        return (pixels - tf.constant(means, tf.float32)) * mask
+
+    return tf.function(finish, jit_compile=jit_compile, autograph=False)
 
 
 def _as_seed(seed: tf.Tensor | Sequence[int] | None) -> tf.Tensor:
@@ -88,7 +110,8 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
                          color_distortion: bool = True,
                          drop_difficult: bool = False,
                          means: Sequence[float] = RGB_MEANS,
-                         return_difficult: bool = False):
+                         return_difficult: bool = False,
+                         jit_compile: bool = True):
     """Training augmentation for one image.
 
     Args:
@@ -114,6 +137,8 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
         Caffe SSD trains on them).
       means: RGB means subtracted at the end; the expand fill becomes exactly 0.
       return_difficult: also return the difficult flags of the kept boxes.
+      jit_compile: run the per-pixel tail (distortions, mean, fill) XLA-compiled; False runs
+        the same ops one by one (same results up to float rounding).
 
     Returns:
       ``(image, labels, bboxes)`` (+ ``difficult`` if asked): float32 [h, w, 3] RGB minus the
@@ -123,6 +148,8 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
     if chain not in TRAIN_CHAINS:
         raise ValueError(f"Unknown training chain {chain!r}; choose from {TRAIN_CHAINS}.")
     out_shape = _check_out_shape(out_shape)
+    if not interpolations:
+        raise ValueError("interpolations must name at least one method.")
     for name in interpolations:
         if name not in geometry.INTERPOLATIONS:
             raise ValueError(f"interpolation {name!r} is not supported; choose from {geometry.INTERPOLATIONS}.")
@@ -156,23 +183,19 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
         do_flip = tf.logical_and(tf.constant(flip), coins[0] < 0.5)
         bboxes = tf.cond(do_flip, lambda: geometry.flip_bboxes(bboxes), lambda: bboxes)
 
-        methods = sorted(set(interpolations))
-        if len(methods) == 1:
-            pixels, inside = geometry.render_window(image, window, out_shape, do_flip, methods[0])
-        else:
-            share = sum(name == "nearest" for name in interpolations) / len(interpolations)
-            pixels, inside = tf.cond(
-                coins[1] < share,
-                lambda: geometry.render_window(image, window, out_shape, do_flip, "nearest"),
-                lambda: geometry.render_window(image, window, out_shape, do_flip, "bilinear"))
+        share = sum(name == "nearest" for name in interpolations) / len(interpolations)
+        nearest = coins[1] < share
+        pixels, inside_y, inside_x = geometry.render_window(image, window, out_shape, do_flip, nearest)
 
         if chain == "caffe" and photometric_params is not None:
-            pixels = photometric.caffe_distort(pixels, seeds[3], photometric_params)
+            kind, draws = "caffe", photometric.caffe_draws(seeds[3], photometric_params)
+            channel_swap = photometric_params.random_order_prob > 0.0
         elif chain == "original" and color_distortion:
-            pixels = photometric.original_distort_color(pixels, seeds[3])
-
-        means_t = tf.constant(means, tf.float32)
-        out = tf.where(inside, pixels - means_t, 0.0)
+            kind, draws, channel_swap = "original", photometric.original_draws(seeds[3]), False
+        else:
+            kind, draws, channel_swap = "none", {}, False
+        finish = _finisher(kind, channel_swap, tuple(float(m) for m in means), bool(jit_compile))
+        out = finish(pixels, inside_y, inside_x, draws)
         out = tf.ensure_shape(out, [out_shape[0], out_shape[1], 3])
         if return_difficult:
             return out, labels, bboxes, difficult
