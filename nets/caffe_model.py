@@ -4,18 +4,14 @@ Weights are matched by **layer name**, never by order (the original assigned the
 convolution to the k-th TF one, and users who converted their own models lost 10 mAP points).
 Every TF variable has exactly one Caffe source, computed from its TF-Slim name (DESIGN.md §4):
 
-=====================================  ======================================  ============
-TF-Slim variable (under ``<model>/``)  Caffe layer                             Caffe blob
-=====================================  ======================================  ============
-``conv1/conv1_1/weights|biases``       ``conv1_1`` ... ``conv5_3``             0 | 1
-``conv6/...``, ``conv7/...``           ``fc6``, ``fc7``                        0 | 1
-``block8/conv1x1``, ``block8/conv3x3``  ``conv6_1``, ``conv6_2`` (block k:      0 | 1
-                                       ``conv{k-2}_1/_2``; SSD512 block12 has
-                                       ``conv4x4`` = ``conv10_2``)
-``block4_box/L2Normalization/gamma``   ``conv4_3_norm`` (Normalize)            0
-``<block>_box/conv_loc``               ``<source>_mbox_loc``                   0 | 1
-``<block>_box/conv_cls``               ``<source>_mbox_conf``                  0 | 1
-=====================================  ======================================  ============
+- ``conv1/conv1_1/{weights,biases}`` ... ``conv5/conv5_3/...`` <- ``conv1_1`` ... ``conv5_3``
+  (blob 0 = weights, blob 1 = biases, for every convolution below too);
+- ``conv6``, ``conv7`` <- ``fc6``, ``fc7`` (SSD's reduced, dilated fc layers);
+- ``block{k}/conv1x1`` <- ``conv{k-2}_1``; ``block{k}/conv3x3`` (SSD512 ``block12/conv4x4``)
+  <- ``conv{k-2}_2``, e.g. ``block8/conv3x3`` <- ``conv6_2``;
+- ``block4_box/L2Normalization/gamma`` <- ``conv4_3_norm`` (Normalize, blob 0);
+- ``<block>_box/conv_loc`` <- ``<source>_mbox_loc``; ``<block>_box/conv_cls`` <-
+  ``<source>_mbox_conf``,
 
 where ``<source>`` is the Caffe blob the head reads: ``conv4_3_norm`` (block4), ``fc7``
 (block7), ``conv6_2`` ... ``conv10_2`` (block8 ... block12).

@@ -323,8 +323,8 @@ def parse_caffemodel(path: str | os.PathLike) -> Any:
     except message.DecodeError as e:
         hint = " (this looks like a text .prototxt)" if data[:200].lstrip().startswith(
             (b"name", b"layer", b"input", b"#")) else ""
-        raise CaffeFormatError(
-            f"{path}: not a binary Caffe NetParameter (.caffemodel){hint}: {e}") from None
+        raise CaffeFormatError(f"{path}: not a binary Caffe NetParameter (.caffemodel)"
+                               f"{hint or ' (truncated or corrupt?)'}: {e}") from None
     if not net.layer and not net.layers:
         raise CaffeFormatError(f"{path}: a NetParameter without any layer; not a .caffemodel?")
     return net
