@@ -40,9 +40,9 @@ import tensorflow as tf
 
 from tf_extended import boxes as tfe_boxes
 
-# (*) Ties: tf.argmax returns the lowest index among equal maxima on CPU, GPU and XLA (Eigen's
-# and XLA's argmax reducers break ties by index); the tests on grid boxes, full of exact ties,
-# check this against Caffe's loop.
+# (*) Ties: tf.argmax returns the lowest index among equal maxima (Eigen's and XLA's argmax
+# reducers break ties by index; TF's docs do not promise it). The tests on grid boxes, full of
+# exact ties, check this against Caffe's loop on CPU, eagerly and under XLA.
 
 # Caffe's MatchBBox keeps only overlaps above 1e-6 as matching candidates (bbox_util.cpp).
 _CAFFE_MIN_OVERLAP = 1e-6
