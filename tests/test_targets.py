@@ -193,3 +193,18 @@ def test_compiles_with_xla():
     assert labels.numpy().tolist() == [[2, 1, 0]]  # gt1 takes anchor 0, gt0 is forced onto anchor 1
     np.testing.assert_allclose(scores.numpy(), [[1.0, 3 / 7, 0.0]], rtol=1e-5)
     np.testing.assert_allclose(boxes.decode(locs[0, :2], anchors[:2]).numpy(), gt[0, 1::-1], atol=1e-5)
+
+
+def test_xla_grid_ties_match_caffe_loop():
+    # Exact IoU ties (grid boxes) under XLA: argmax / tie rules are the same as eagerly.
+    rng = np.random.default_rng(21)
+    anchors = _grid_boxes(rng, 80)
+    gt = np.stack([_grid_boxes(rng, 9) for _ in range(3)])
+    lab = rng.integers(1, 21, (3, 9))
+    fn = tf.function(lambda l, b: targets.batch_encode_targets(l, b, anchors), jit_compile=True)
+    labels, _, scores = fn(lab, gt)
+    for i in range(3):
+        iou = boxes.iou(tf.constant(gt[i]), tf.constant(anchors)).numpy()
+        want_labels, _, want_scores = _caffe_reference(iou, lab[i], [True] * 9, 0.5)
+        np.testing.assert_array_equal(labels[i].numpy(), want_labels)
+        np.testing.assert_array_equal(scores[i].numpy(), want_scores)
