@@ -1,4 +1,4 @@
-"""Evaluate SSD checkpoints on a TFRecord dataset: Pascal VOC07 / VOC12 mAP.
+r"""Evaluate SSD checkpoints on a TFRecord dataset: Pascal VOC07 / VOC12 mAP.
 
     python eval_ssd_network.py --eval_dir=logs/eval --dataset_dir=tfrecords \
         --dataset_name=pascalvoc_2007 --dataset_split_name=test --model_name=ssd_300_vgg \
@@ -62,8 +62,10 @@ flags.DEFINE_string("eval_dir", None,
                     "(default: <checkpoint directory>/eval_<split>).")
 flags.DEFINE_integer("num_preprocessing_threads", 4, "Parallel image decoding/preprocessing calls.")
 flags.DEFINE_float("moving_average_decay", None,
-                   "If set, evaluate the exponential moving averages of the weights when the "
-                   "checkpoint holds them (the value itself is not used at evaluation).")
+                   "If set, evaluate the exponential moving averages of a TF1 checkpoint's "
+                   "weights (its .../ExponentialMovingAverage shadows; the value itself is not "
+                   "used). train_ssd_network.py checkpoints need no flag: they already store "
+                   "the averages as the weights to evaluate when training kept them.")
 flags.DEFINE_float("gpu_memory_fraction", None,
                    "Fraction of GPU memory to take (default: grow as needed, so that "
                    "evaluation can run beside training).")

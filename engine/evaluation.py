@@ -800,20 +800,20 @@ def resolve_params(model_name: str,
     return params
 
 
-# Key of the raw (not averaged) weights in the trainer's checkpoints when it keeps a moving
-# average; its key 'model' then holds the averages (engine/training.py, docs/training.md).
+# In the trainer's checkpoints of a run with a moving average, key 'model' holds the averages
+# and this key the raw weights (engine/training.py, docs/training.md).
 TRAINER_RAW_WEIGHTS_KEY = "train_model"
 
 
 def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str:
     """Load a checkpoint (TF1 names, converted Caffe, or the trainer's) into ``net``.
 
-    Moving averages of the weights (the original's ``--moving_average_decay``): with
-    ``use_moving_average`` they are loaded when the checkpoint holds them (TF1
-    ``<name>/ExponentialMovingAverage`` shadows; the trainer's key ``model``, which holds the
-    averages when it also has ``train_model``), else the raw weights with a warning. Without
-    it the raw weights are loaded (the trainer's ``train_model`` when present), as in the
-    original.
+    Moving averages of the weights: the trainer's checkpoints keep what to evaluate under
+    ``model``, which IS the moving average when training kept one (its raw weights are under
+    ``train_model``), so they are used with or without ``use_moving_average``, as
+    docs/training.md promises. TF1 checkpoints (the original's TF-Slim training) hold them as
+    ``<name>/ExponentialMovingAverage`` shadows: used with ``use_moving_average`` (the
+    original's ``--moving_average_decay``), else the raw weights, as in the original.
 
     Returns:
       ``'moving_average'`` or ``'weights'``: what was loaded.
@@ -827,18 +827,11 @@ def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str
     try:
         reader = tf.train.load_checkpoint(prefix)
         reader_names = reader.get_variable_to_shape_map()
-        trainer_ema = any(n.startswith(TRAINER_RAW_WEIGHTS_KEY + "/") for n in reader_names)
-        if trainer_ema and not use_moving_average:
-            status = tf.train.Checkpoint(**{TRAINER_RAW_WEIGHTS_KEY: net}).read(prefix)
-            status.assert_existing_objects_matched()
-            logger.info("%s also holds moving averages of the weights; evaluating the raw "
-                        "weights (pass --moving_average_decay for the averages).", prefix)
-            return "weights"
         net.load_checkpoint(prefix)
+        if any(n.startswith(TRAINER_RAW_WEIGHTS_KEY + "/") for n in reader_names):
+            return "moving_average"
         if not use_moving_average:
             return "weights"
-        if trainer_ema:
-            return "moving_average"
         variables = net.variables_by_checkpoint_name()
         shadows = {n: f"{n}/ExponentialMovingAverage" for n in variables}
         if all(s in reader_names for s in shadows.values()):
@@ -873,6 +866,8 @@ def evaluator_pr_curves(evaluator: Any, labels_to_names: Mapping[int, str]) -> d
         return {}
     curves = {}
     for key, value in getter().items():
+        if int(value["num_gt"]) == 0:
+            continue  # No ground truth: no recall, no curve.
         name = labels_to_names.get(int(key), str(key)) if isinstance(key, (int, np.integer)) else str(key)
         curves[name] = PRCurve(np.asarray(value["scores"]), np.asarray(value["tp"]),
                                np.asarray(value["fp"]), int(value["num_gt"]))

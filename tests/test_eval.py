@@ -391,6 +391,15 @@ def test_resolve_params_from_sidecar_and_flags(tmp_path):
     assert params.anchor_preset == "coco_ft" and params.num_classes == 5
     with pytest.raises(ValueError, match="Unknown network name"):
         ev.resolve_params("inception_v3")
+    # --eval_image_size: feature maps follow the input size.
+    params = ev.resolve_params("ssd_300_vgg", image_size=320)
+    assert params.img_shape == (320, 320) and params.feat_shapes[0] == (40, 40)
+    # A checkpoint without sidecar (the original's, Caffe's): classes from its class heads.
+    net = plant_ssd([[0.1, 0.1, 0.5, 0.5]], [1], [9.0], num_classes=7)
+    prefix = net.save_checkpoint(str(tmp_path / "model.ckpt"))
+    os.remove(prefix + checkpoints.SIDECAR_SUFFIX)
+    params = ev.resolve_params("ssd_300_vgg", checkpoint=prefix, default_num_classes=21)
+    assert params.num_classes == 7 and params.anchor_preset == "voc"
 
 
 def test_load_weights_moving_average_tf1_names(tmp_path):
@@ -433,7 +442,8 @@ def test_load_weights_trainer_checkpoint_with_moving_average(tmp_path):
     from engine import checkpoint_watch
     assert checkpoint_watch.read_global_step(prefix) == 1234
     first = "ssd_300_vgg/block11_box/conv_cls/biases"
-    assert ev.load_weights(net, prefix, use_moving_average=False) == "weights"
-    assert float(net.variables_by_checkpoint_name()[first][0]) == 1.0
-    assert ev.load_weights(net, prefix, use_moving_average=True) == "moving_average"
-    assert float(net.variables_by_checkpoint_name()[first][0]) == 2.0
+    # 'model' is what to evaluate: the averages, with or without the flag (docs/training.md).
+    for flag in (False, True):
+        net.variables_by_checkpoint_name()[first].assign(tf.zeros([84]))
+        assert ev.load_weights(net, prefix, use_moving_average=flag) == "moving_average"
+        assert float(net.variables_by_checkpoint_name()[first][0]) == 2.0
