@@ -178,7 +178,8 @@ def run() -> int:
         model_name=FLAGS.model_name, dataset_spec=spec, preprocess_fn=preprocess_fn,
         config=config, eval_dir=eval_dir, detections_dir=FLAGS.detections_dir,
         num_classes=FLAGS.num_classes, anchor_preset=FLAGS.anchor_preset,
-        image_size=FLAGS.eval_image_size, num_parallel_calls=FLAGS.num_preprocessing_threads)
+        image_size=FLAGS.eval_image_size, num_parallel_calls=FLAGS.num_preprocessing_threads,
+        num_threads=FLAGS.num_threads, check_size=FLAGS.eval_resize == 1)
 
     def report(record: dict) -> None:
         print(evaluation.format_ap_table(record), flush=True)

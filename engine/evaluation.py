@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -151,7 +152,13 @@ def describe_error(err: BaseException) -> str:
     if isinstance(err, tf.errors.OpError):
         text = (err.message or "").strip()
         lines = [line for line in text.splitlines() if line.strip()]
-        return lines[0] if lines else type(err).__name__
+        line = lines[0] if lines else type(err).__name__
+        # Drop TF's wrapping: "{{function_node ...}} Error in user-defined function passed to
+        # ... transformation ...: assertion failed: [what we said]".
+        line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
+        if "assertion failed:" in line:
+            line = line.split("assertion failed:", 1)[1].strip()
+        return line
     text = str(err).strip()
     return text or type(err).__name__
 
@@ -259,12 +266,14 @@ def make_eval_dataset(dataset: tf.data.Dataset,
     def rename(images: tf.Tensor, info: dict) -> dict:
         images = tf.cast(images, tf.float32)
         if check_size:
-            tf.debugging.assert_equal(
-                tf.shape(images)[1:3], tf.constant(out_shape, tf.int32),
-                data=[info["filename"], tf.shape(images)[1:3]],
-                message=(f"images are not {out_shape[0]}x{out_shape[1]}, the network input: "
-                         "with eval_resize NONE they must already have that size (use "
-                         "eval_resize 4, WARP_RESIZE); image ids and batch size:"))
+            same = tf.reduce_all(tf.equal(tf.shape(images)[1:3], tf.constant(out_shape, tf.int32)))
+            check = tf.debugging.Assert(same, [
+                f"images are not {out_shape[0]}x{out_shape[1]}, the network input: with "
+                "eval_resize NONE they must already have that size (use eval_resize 4, "
+                "WARP_RESIZE); image ids:", info["filename"], "batch image size:",
+                tf.shape(images)[1:3]], summarize=8)
+            with tf.control_dependencies([check]):
+                images = tf.identity(images)
         return {
             "image": tf.ensure_shape(images, [None, out_shape[0], out_shape[1], 3]),
             "bbox_img": tf.cast(info["bbox_img"], tf.float32),

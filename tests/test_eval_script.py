@@ -148,6 +148,18 @@ def test_bad_input_gives_one_line_and_exit_code(data, tmp_path):
     assert result.returncode == 2 and "dataset_name" in result.stderr
     result = _run(flags + ["--batch_size=0"])
     assert result.returncode == 2 and "--batch_size=0" in result.stderr
+    # eval_resize NONE with images that are not 300x300: one line naming the image.
+    net = plant_ssd(BOXES, LABELS, LOGITS, num_classes=4)
+    prefix = net.save_checkpoint(str(tmp_path / "model.ckpt-1"))
+    result = _run(flags + [f"--checkpoint_path={prefix}", "--eval_resize=1",
+                           f"--eval_dir={tmp_path / 'eval'}"])
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "eval_resize NONE" in last and "function_node" not in last
+    assert any(image_id in last for image_id in fx.ids)
+    # Flags that contradict the checkpoint's sidecar: a usage error.
+    result = _run(flags + [f"--checkpoint_path={prefix}", "--anchor_preset=coco_ft",
+                           f"--eval_dir={tmp_path / 'eval'}"])
+    assert result.returncode == 2 and "anchor preset 'voc'" in result.stderr
 
 
 def _wait_for_lines(path, n, proc, timeout=240):
