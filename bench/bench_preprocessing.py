@@ -8,8 +8,8 @@ a side, 1..4 objects, JPEG quality 90), converted to TFRecords by ``tf_convert_d
 
 * ours: TFRecord read -> JPEG decode (``DatasetSpec.read``) -> the Caffe SSD augmentation
   (``preprocessing_factory``) -> target encoding against the 8,732 SSD300 anchors
-  (``tf_extended.targets.encode_targets``) -> batch 32 -> prefetch; once with tf.data's
-  default thread pool (all cores) and once with a 1-thread pool (the per-core rate);
+  (``tf_extended.targets.encode_targets``) -> batch 32 -> prefetch; once on all cores and once
+  in a process pinned to one core (the per-core rate);
 * the peer: torchvision transforms v2 (RandomPhotometricDistort, RandomZoomOut(fill=mean),
   RandomIoUCrop, RandomHorizontalFlip, Resize 300, SanitizeBoundingBoxes, ToDtype,
   Normalize(mean)) on the same images in a DataLoader with 2 workers, batch 32; once decoding
@@ -35,6 +35,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RGB_MEANS = (123.0, 117.0, 104.0)
 BATCH = 32
+
+
+def cpu_seconds(pids=None) -> float:
+    """User + system CPU time of this process (all threads) or of the given processes."""
+    if pids is None:
+        t = os.times()
+        return t.user + t.system
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 # ----------------------------------------------------------------------------- data
@@ -65,8 +79,25 @@ def prepare_data(data_dir: str, num_images: int) -> str:
 
 # ----------------------------------------------------------------------------- ours
 
-def bench_tf(manifest: str, num_batches: int, threads: int | None, chain: str) -> float:
+def bench_tf(manifest: str, num_batches: int, one_core: bool, chain: str) -> dict:
+    """Images/s of our pipeline, in a fresh process (pinned to one CPU when ``one_core``)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--ours", manifest, f"--batches={num_batches}",
+           f"--chain={chain}"]
+    if one_core:
+        cmd.append("--one_core")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ours_main(manifest: str, num_batches: int, one_core: bool, chain: str) -> None:
+    if one_core:
+        # A true per-core figure: the whole process (tf.data, XLA, Eigen pools) on one CPU.
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    import logging
+
     import tensorflow as tf
+
+    logging.getLogger("datasets").setLevel(logging.ERROR)
 
     from datasets import dataset_factory
     from nets import nets_factory, ssd_params
@@ -80,21 +111,17 @@ def bench_tf(manifest: str, num_batches: int, threads: int | None, chain: str) -
     fn = preprocessing_factory.get_preprocessing("ssd_300_vgg", True, chain=chain)
     ds = pipeline.train_dataset(spec.read(repeat=True), fn, anchors, BATCH,
                                 out_shape=params.img_shape, seed=0)
-    if threads is not None:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = threads
-        options.threading.max_intra_op_parallelism = 1
-        ds = ds.with_options(options)
     it = iter(ds)
-    for _ in range(3):  # warm-up: tracing, file opening, autotuning
+    for _ in range(3):  # warm-up: tracing, XLA compilation, file opening, autotuning
         next(it)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     for _ in range(num_batches):
         images, targets = next(it)
     _ = images.numpy()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     assert targets["localisations"].shape == (BATCH, len(anchors), 4)
-    return num_batches * BATCH / elapsed
+    n = num_batches * BATCH
+    print(json.dumps({"images_per_s": n / elapsed, "images_per_cpu_s": n / cpu}))
 
 
 # ----------------------------------------------------------------------------- peer
@@ -145,15 +172,17 @@ def peer_main(manifest: str, num_batches: int, predecoded: bool) -> None:
     it = iter(loader)
     for _ in range(3):
         next(it)
-    start = time.perf_counter()
+    pids = [os.getpid()] + [w.pid for w in it._workers]
+    start, cpu_start = time.perf_counter(), cpu_seconds(pids)
     for _ in range(num_batches):
         images, _ = next(it)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu_start
     assert images.shape == (BATCH, 3, 300, 300)
-    print(json.dumps({"images_per_s": num_batches * BATCH / elapsed}))
+    n = num_batches * BATCH
+    print(json.dumps({"images_per_s": n / elapsed, "images_per_cpu_s": n / cpu}))
 
 
-def bench_peer(manifest: str, num_batches: int, predecoded: bool) -> float | None:
+def bench_peer(manifest: str, num_batches: int, predecoded: bool) -> dict | None:
     cmd = [sys.executable, os.path.abspath(__file__), "--peer", manifest, f"--batches={num_batches}"]
     if predecoded:
         cmd.append("--predecoded")
@@ -163,7 +192,7 @@ def bench_peer(manifest: str, num_batches: int, predecoded: bool) -> float | Non
         print(f"peer failed (is torchvision installed in {sys.executable}?): "
               f"{err.stderr.strip().splitlines()[-1] if err.stderr.strip() else err}")
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- main
@@ -177,33 +206,40 @@ def main() -> int:
     parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "ssd_bench_preprocessing"))
     parser.add_argument("--no_peer", action="store_true", help="skip torchvision")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--ours", help=argparse.SUPPRESS)
+    parser.add_argument("--one_core", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--predecoded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     batches = 8 if args.quick else args.batches
     if args.peer:
         peer_main(args.peer, batches, args.predecoded)
         return 0
+    if args.ours:
+        ours_main(args.ours, batches, args.one_core, args.chain)
+        return 0
 
     manifest = prepare_data(args.data_dir, args.num_images)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"SSD300 training input pipeline, batch {BATCH}, {args.num_images} generated VOC-like JPEGs, "
           f"{cores} cores (shared machine: pessimistic figures)")
-    ours_all = bench_tf(manifest, batches, None, args.chain)
-    ours_one = bench_tf(manifest, batches, 1, args.chain)
-    print(f"ours ({args.chain} chain, read+decode+augment+encode+batch), all cores: {ours_all:7.1f} images/s "
-          f"({ours_all / cores:.1f} per core)")
-    print(f"ours, 1-thread tf.data pool (per-core rate):              {ours_one:7.1f} images/s  "
-          f"(goal >= 150)")
+    ours_all = bench_tf(manifest, batches, False, args.chain)
+    ours_one = bench_tf(manifest, batches, True, args.chain)
+    line = "{:58s} {:7.1f} images/s wall, {:7.1f} images per CPU-second"
+    print(line.format(f"ours ({args.chain} chain: read+decode+augment+encode+batch), all cores",
+                      ours_all["images_per_s"], ours_all["images_per_cpu_s"]))
+    print(line.format("ours, process pinned to 1 core", ours_one["images_per_s"], ours_one["images_per_cpu_s"]))
+    print(f"  per-core goal >= 150 images per CPU-second: {min(ours_all['images_per_cpu_s'], ours_one['images_per_cpu_s']):.1f}")
     if args.no_peer:
         return 0
     peer = bench_peer(manifest, batches, predecoded=False)
     peer_pre = bench_peer(manifest, batches, predecoded=True)
-    if peer is not None:
-        print(f"torchvision v2 SSD chain, 2 workers, decode in workers:  {peer:7.1f} images/s")
-        print(f"ratio ours / torchvision (same work minus encoding):      {ours_all / peer:7.2f}x  (goal >= 1.5)")
-    if peer_pre is not None:
-        print(f"torchvision v2 SSD chain, 2 workers, pre-decoded images: {peer_pre:7.1f} images/s")
-        print(f"ratio ours (incl. decode) / torchvision (pre-decoded):    {ours_all / peer_pre:7.2f}x")
+    for name, res in (("torchvision v2 SSD chain, 2 workers, decoding JPEGs", peer),
+                      ("torchvision v2 SSD chain, 2 workers, pre-decoded images", peer_pre)):
+        if res is None:
+            continue
+        print(line.format(name, res["images_per_s"], res["images_per_cpu_s"]))
+        print(f"  ratio ours / torchvision: {ours_all['images_per_s'] / res['images_per_s']:.2f}x wall, "
+              f"{ours_all['images_per_cpu_s'] / res['images_per_cpu_s']:.2f}x per CPU-second (goal >= 1.5)")
     return 0
 
 

@@ -247,30 +247,51 @@ def flip_bboxes(bboxes: tf.Tensor) -> tf.Tensor:
     return tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
 
 
+def snap_window(window: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
+    """Snap a ``(ymin, xmin, ymax, xmax)`` window (image units) to whole pixels, >= 1 pixel a side.
+
+    Caffe crops whole pixels too (``CropImage`` truncates the sampled box to ints); snapping
+    moves each edge by at most half a pixel and lets :func:`render_window` read an in-image
+    window with a slice and ``tf.image.resize`` (about twice as fast as crop_and_resize).
+    Boxes must be projected onto the snapped window.
+    """
+    hw = tf.cast(image_shape[:2], tf.float32)
+    hw2 = tf.concat([hw, hw], axis=0)
+    pixels = tf.round(tf.cast(window, tf.float32) * hw2)
+    end = tf.maximum(pixels[2:], pixels[:2] + 1.0)
+    return tf.concat([pixels[:2], end], axis=0) / hw2
+
+
 def render_window(image: tf.Tensor, window: tf.Tensor, out_shape: Sequence[int],
                   flip: tf.Tensor | bool = False,
                   method: str | tf.Tensor = "bilinear") -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Crop ``window`` out of ``image`` and warp-resize it to ``out_shape`` with one crop_and_resize.
+    """Crop ``window`` out of ``image`` and warp-resize it to ``out_shape`` in one resampling.
 
     Pixel convention: pixel ``i`` of an image of height H covers [i/H, (i+1)/H) in normalized
     units, and output pixel ``j`` samples the window at ``(j + 0.5) / out_h`` (the half-pixel
-    convention of ``tf.image.resize``). ``crop_and_resize`` instead maps a box coordinate y to
-    pixel centre ``y * (H - 1)`` and extrapolates outside [0, H - 1]; the window is converted
-    so that the two agree. Samples between the outermost pixel centres and the image border
-    must read the edge pixel (as ``tf.image.resize`` does): only when some sample falls there
-    (crops touching the border while enlarging, or the expand canvas) is the image padded by
-    one replicated pixel first (a copy of the image), otherwise it is read in place.
+    convention of ``tf.image.resize``); samples between the outermost pixel centres and the
+    image border read the edge pixel, samples outside the image are fill.
 
-    Output pixels whose sample point lies outside the image (the window may reach past it: the
-    expand canvas) are reported by ``inside_y``/``inside_x``; their values are unspecified and
-    the caller fills them (with the mean). The test is done on the sample positions, so it is
-    exact to the pixel convention above.
+    Two paths give the same result:
+
+    * a whole-pixel window inside the image (:func:`snap_window`) is sliced and resized with
+      ``tf.image.resize`` (the flip reverses the slice);
+    * any other window (the expand canvas) goes through ``tf.image.crop_and_resize``, which
+      maps a box coordinate y to pixel centre ``y * (H - 1)`` and extrapolates outside
+      [0, H - 1]: the box is converted to the convention above, only the block of output
+      pixels that sample inside the image is computed, and the rest is zero-padded. When some
+      sample falls between the outermost pixel centre and the border, the image is first
+      padded by one replicated pixel (a copy) so it reads the edge pixel.
+
+    Output pixels whose sample point lies outside the image are reported by ``inside_y`` /
+    ``inside_x`` (exact to the convention above) and are 0 in ``pixels``; the caller fills
+    them (with the mean).
 
     Args:
       image: [H, W, C] (uint8 or float) image.
       window: float32 [4] ``(ymin, xmin, ymax, xmax)`` in image units; may exceed [0, 1].
       out_shape: (height, width) of the output.
-      flip: scalar bool, mirror the output left-right (for free: the x sampling is reversed).
+      flip: scalar bool, mirror the output left-right.
       method: 'bilinear' or 'nearest', or a scalar bool tensor (True = nearest).
 
     Returns:
@@ -282,40 +303,65 @@ def render_window(image: tf.Tensor, window: tf.Tensor, out_shape: Sequence[int],
             raise ValueError(f"interpolation {method!r} is not supported; choose from {INTERPOLATIONS}.")
         method = tf.constant(method == "nearest")
     out_h, out_w = int(out_shape[0]), int(out_shape[1])
+    channels = image.shape[-1]
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     window = tf.cast(window, tf.float32)
+    flip = tf.convert_to_tensor(flip, tf.bool)
     step = (window[2:] - window[:2]) / tf.constant([out_h, out_w], tf.float32)
-    # Normalized sample positions of every output row / column.
+    # Normalized sample positions of every output row / column (unflipped order).
     ys = window[0] + (tf.range(out_h, dtype=tf.float32) + 0.5) * step[0]
     xs = window[1] + (tf.range(out_w, dtype=tf.float32) + 0.5) * step[1]
     inside_y = (ys >= 0.0) & (ys <= 1.0)
     inside_x = (xs >= 0.0) & (xs <= 1.0)
-    # Pixel-centre coordinates of the first and last samples.
-    first = tf.stack([ys[0], xs[0]]) * hw - 0.5
-    last = tf.stack([ys[-1], xs[-1]]) * hw - 0.5
-    needs_pad = tf.reduce_any(first < 0.0) | tf.reduce_any(last > hw - 1.0) | tf.reduce_any(hw < 2.0)
-    flip = tf.convert_to_tensor(flip, tf.bool)
 
-    def crop(source, offset, denom, nearest):
-        y1, x1 = tf.unstack((first + offset) / denom)
-        y2, x2 = tf.unstack((last + offset) / denom)
-        x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
-        boxes = tf.stack([y1, x1, y2, x2])[tf.newaxis]
-        return tf.image.crop_and_resize(source[tf.newaxis], boxes, tf.zeros([1], tf.int32), [out_h, out_w],
-                                        method="nearest" if nearest else "bilinear")[0]
+    edges = window * tf.concat([hw, hw], axis=0)
+    on_grid = tf.reduce_all(tf.abs(edges - tf.round(edges)) < 1e-3)
+    in_image = tf.reduce_all(window[:2] >= 0.0) & tf.reduce_all(window[2:] <= 1.0)
+    fast = on_grid & in_image
 
-    def padded(nearest):
-        # Replicate the border once so half-pixel samples at the edge clamp like tf.image.resize.
-        source = tf.concat([image[:1], image, image[-1:]], axis=0)
-        source = tf.concat([source[:, :1], source, source[:, -1:]], axis=1)
-        return crop(source, 1.0, hw + 1.0, nearest)
+    def sliced(nearest):
+        begin = tf.cast(tf.round(edges[:2]), tf.int32)
+        size = tf.maximum(tf.cast(tf.round(edges[2:]), tf.int32) - begin, 1)
+        crop = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+        crop = tf.cond(flip, lambda: tf.reverse(crop, [1]), lambda: crop)
+        out = tf.image.resize(crop, [out_h, out_w], method="nearest" if nearest else "bilinear")
+        return tf.cast(out, tf.float32)
 
-    def direct(nearest):
-        return crop(image, 0.0, tf.maximum(hw - 1.0, 1.0), nearest)
+    def sampled(nearest):
+        # The block of output rows / columns that sample inside the image (contiguous).
+        def span(inside, n):
+            count = tf.reduce_sum(tf.cast(inside, tf.int32))
+            start = tf.where(count > 0, tf.argmax(tf.cast(inside, tf.int32), output_type=tf.int32), 0)
+            return start, tf.maximum(count, 1)  # an empty block is computed as 1 masked pixel
 
-    branch = tf.cast(needs_pad, tf.int32) * 2 + tf.cast(method, tf.int32)
-    pixels = tf.switch_case(branch, [lambda: direct(False), lambda: direct(True),
-                                     lambda: padded(False), lambda: padded(True)])
-    pixels = tf.ensure_shape(pixels, [out_h, out_w, image.shape[-1]])
+        r0, nr = span(inside_y, out_h)
+        c0, nc = span(inside_x, out_w)
+        first = tf.stack([tf.gather(ys, r0), tf.gather(xs, c0)]) * hw - 0.5  # pixel centres
+        last = tf.stack([tf.gather(ys, r0 + nr - 1), tf.gather(xs, c0 + nc - 1)]) * hw - 0.5
+        needs_pad = tf.reduce_any(first < 0.0) | tf.reduce_any(last > hw - 1.0) | tf.reduce_any(hw < 2.0)
+
+        def crop(source, offset, denom):
+            y1, x1 = tf.unstack((first + offset) / denom)
+            y2, x2 = tf.unstack((last + offset) / denom)
+            x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
+            boxes = tf.stack([y1, x1, y2, x2])[tf.newaxis]
+            return tf.image.crop_and_resize(source[tf.newaxis], boxes, tf.zeros([1], tf.int32),
+                                            tf.stack([nr, nc]),
+                                            method="nearest" if nearest else "bilinear")[0]
+
+        def padded():
+            # Replicate the border once so samples near it clamp like tf.image.resize.
+            source = tf.concat([image[:1], image, image[-1:]], axis=0)
+            source = tf.concat([source[:, :1], source, source[:, -1:]], axis=1)
+            return crop(source, 1.0, hw + 1.0)
+
+        block = tf.cond(needs_pad, padded, lambda: crop(image, 0.0, tf.maximum(hw - 1.0, 1.0)))
+        left = tf.where(flip, out_w - c0 - nc, c0)
+        return tf.pad(block, [[r0, out_h - r0 - nr], [left, out_w - left - nc], [0, 0]])
+
+    branch = tf.cast(~fast, tf.int32) * 2 + tf.cast(method, tf.int32)
+    pixels = tf.switch_case(branch, [lambda: sliced(False), lambda: sliced(True),
+                                     lambda: sampled(False), lambda: sampled(True)])
+    pixels = tf.ensure_shape(pixels, [out_h, out_w, channels])
     inside_x = tf.where(flip, tf.reverse(inside_x, [0]), inside_x)
     return pixels, inside_y, inside_x

@@ -67,8 +67,8 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
     Returns:
       Dataset of ``(images, targets)``: images float32 [N, h, w, 3]; targets a dict with
       ``labels`` int64 [N, A], ``localisations`` float32 [N, A, 4] (Caffe ``(x, y, w, h)``
-      offsets), ``scores`` float32 [N, A], and ``filename`` string [N] (image ids, for error
-      messages).
+      offsets), ``scores`` float32 [N, A], and ``image_ids`` string [N] (the examples'
+      ``filename``, to name images in error messages).
     """
     out_shape = tuple(int(v) for v in out_shape)
     anchors = tf.constant(np.asarray(anchors, np.float32))
@@ -98,7 +98,7 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
             kwargs["gt_difficult"] = difficult
         glabels, glocalisations, gscores = encode_fn(labels, bboxes, anchors, **kwargs)
         return image, {"labels": glabels, "localisations": glocalisations, "scores": gscores,
-                       "filename": filename}
+                       "image_ids": filename}
 
     ds = ds.enumerate()
     if encode_per_example:
@@ -120,7 +120,7 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
             glabels, glocalisations, gscores = encode_fn(
                 batch["labels"], batch["bboxes"], anchors, num_gt=batch["num_gt"], **kwargs)
             return batch["image"], {"labels": glabels, "localisations": glocalisations,
-                                    "scores": gscores, "filename": batch["filename"]}
+                                    "scores": gscores, "image_ids": batch["filename"]}
 
         ds = ds.map(preprocess_only, num_parallel_calls=num_parallel_calls, deterministic=True)
         ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)

@@ -170,6 +170,7 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
                 window, _, _ = geometry.sample_batch_crop(bboxes, seeds[1], canvas, samplers)
             else:
                 window = canvas
+            window = geometry.snap_window(window, image_shape)
             projected, keep = geometry.boxes_in_window_caffe(bboxes, window)
         else:
             window = geometry.sample_original_crop(image_shape, bboxes, seeds[1])

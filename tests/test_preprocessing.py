@@ -17,13 +17,20 @@ def np_sample_positions(window_lo, window_hi, size, out):
     return window_lo + (np.arange(out) + 0.5) * (window_hi - window_lo) / out
 
 
-def np_render(image, window, out_shape, flip=False, method="bilinear"):
+def np_render(image, window, out_shape, flip=False, method="bilinear", crop_first=True):
     """Slow reference of geometry.render_window: half-pixel sampling, clamped at the border.
 
-    Returns (pixels float64 [h, w, C], inside bool [h, w]).
+    A whole-pixel window inside the image is cropped first and the crop resized (Caffe's
+    crop-then-resize: samples clamp at the crop border); any other window samples the image
+    itself. Returns (pixels float64 [h, w, C], inside bool [h, w]).
     """
     img = image.astype(np.float64)
     h_in, w_in = img.shape[:2]
+    edges = np.array(window, np.float64) * [h_in, w_in, h_in, w_in]
+    on_grid = np.all(np.abs(edges - np.round(edges)) < 1e-3)
+    if crop_first and on_grid and min(window[:2]) >= 0 and max(window[2:]) <= 1:
+        y0, x0, y1, x1 = np.round(edges).astype(int)
+        return np_render(image[y0:y1, x0:x1], [0.0, 0.0, 1.0, 1.0], out_shape, flip, method, False)
     ys = np_sample_positions(window[0], window[2], h_in, out_shape[0])
     xs = np_sample_positions(window[1], window[3], w_in, out_shape[1])
     if flip:

@@ -48,7 +48,7 @@ def test_train_dataset_shapes_ids_and_determinism(voc_records):
     assert tgt["labels"].shape == (4, len(anchors)) and tgt["labels"].dtype == np.int64
     assert tgt["localisations"].shape == (4, len(anchors), 4) and tgt["scores"].shape == (4, len(anchors))
     assert np.all(images >= -np.array(RGB_MEANS) - 1e-4) and np.all(images <= 255 - np.array(RGB_MEANS) + 1e-4)
-    ids = [f.decode() for b in first for f in b[1]["filename"]]
+    ids = [f.decode() for b in first for f in b[1]["image_ids"]]
     read_order = [ex["filename"].decode() for ex in spec.read().as_numpy_iterator()][:8]
     assert ids == read_order and set(ids) <= set(fx.ids)
     assert any((b[1]["labels"] > 0).any() for b in first)
@@ -92,7 +92,7 @@ def test_batched_encoding_equals_per_example(voc_records):
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_array_equal(t1["labels"], t2["labels"])
         np.testing.assert_allclose(t1["localisations"], t2["localisations"], atol=1e-5)
-        np.testing.assert_array_equal(t1["filename"], t2["filename"])
+        np.testing.assert_array_equal(t1["image_ids"], t2["image_ids"])
 
 
 def test_ignore_difficult_marks_their_anchors(voc_records):
@@ -101,7 +101,7 @@ def test_ignore_difficult_marks_their_anchors(voc_records):
     fn = preprocessing_factory.get_preprocessing("ssd_300_vgg", True, **NO_AUGMENTATION)
     batches = _batches(pipeline.train_dataset(spec.read(), fn, anchors, 10, out_shape=OUT_SHAPE,
                                               ignore_difficult=True))
-    ids = [f.decode() for f in batches[0][1]["filename"]]
+    ids = [f.decode() for f in batches[0][1]["image_ids"]]
     for i, image_id in enumerate(ids):
         has_difficult = bool(fx.by_id[image_id].difficult.any())
         assert bool((batches[0][1]["labels"][i] == -1).any()) == has_difficult, image_id
