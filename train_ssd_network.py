@@ -228,6 +228,12 @@ def _parse_flags(argv):
     """absl's parser, but a bad flag is one line on stderr and exit code 2."""
     try:
         return FLAGS(argv)
+    except SystemExit as done:
+        # absl exits with 1 after printing --help; asking for help is not an error.
+        if any(a.split("=")[0] in ("--help", "-h", "-?", "--helpfull", "--helpshort",
+                                   "--helpxml") for a in argv[1:]):
+            sys.exit(0)
+        raise done
     except flags.Error as err:
         sys.stderr.write(f"train_ssd_network.py: usage error: {err}\n"
                          "Try --help for the list of flags.\n")

@@ -380,15 +380,24 @@ class ExponentialMovingAverage(tf.Module):
             shadow.assign(tf.convert_to_tensor(var))
 
     def update(self, step: tf.Tensor) -> None:
-        """One EMA step; ``step`` is the number of updates applied before this one."""
+        """One EMA step; ``step`` is the number of updates applied before this one.
+
+        Each device's copy of a mirrored shadow is updated from the same device's copy of the
+        variable (they are equal on every replica after the synchronous update), so no
+        cross-device traffic is needed.
+        """
         step = tf.cast(step, tf.float32)
         decay = tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
-        strategy = tf.distribute.get_strategy()
         for shadow, var in zip(self.shadows, self._sources):
-            shadow_v = shadow.value if isinstance(shadow, keras.Variable) else shadow
-            var_v = var.value if isinstance(var, keras.Variable) else var
+            for s, v in zip(_components(shadow), _components(var)):
+                with tf.device(s.device):
+                    s.assign_sub((1.0 - decay) * (s - tf.cast(v, s.dtype)))
 
-            def _update(s, v):
-                return s.assign_sub((1.0 - decay) * (s - tf.cast(v, s.dtype)))
 
-            strategy.extended.update(shadow_v, _update, args=(var_v,))
+def _components(variable) -> list:
+    """Per-device component variables of a (possibly Keras-wrapped, mirrored) variable."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return list(variable.values)
+    return [variable]

@@ -11,8 +11,10 @@ Files written in ``train_dir`` (see docs/training.md for the full description):
   ``tf.train.CheckpointManager`` (atomic: TF writes the data, then the index, then the
   ``checkpoint`` state file). Keys: ``model`` = the net eval should use (the moving-average
   weights when ``--moving_average_decay`` is set, else the trained weights), ``train_model`` =
-  the trained weights (only with a moving average), ``optimizer``, ``step``. This is the
-  format ``nets.checkpoints.load_checkpoint`` and eval_ssd_network.py read (key ``model``).
+  the trained weights (only with a moving average), ``train_state/state/slots/optimizer``
+  (nested so that the weights are saved under ``model/``, see :func:`_deep_holder`),
+  ``step``. This is the format ``nets.checkpoints.load_checkpoint`` and eval_ssd_network.py
+  read (key ``model``).
 - ``ckpt-<step>.ssd.json``: the network sidecar (``nets.checkpoints.write_metadata``), written
   before the checkpoint itself so a reader never sees a checkpoint without it.
 - ``config.json``: the resolved configuration (atomic write).
@@ -25,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import inspect
 import json
 import logging
 import math
@@ -502,18 +503,12 @@ def preprocessing_options(augmentation: str) -> dict:
             "flip": False, "interpolations": ("bilinear",)}
 
 
-def _call_with_supported(fn: Callable, *args, **kwargs):
-    """Call ``fn`` with the keyword arguments it accepts (others must be at their defaults)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
-
-
 def unpack_batch(batch: Any) -> tuple[tf.Tensor, dict, Optional[tf.Tensor]]:
     """A training batch -> (images, targets dict, image ids or None).
 
-    Accepts ``(images, targets)``, ``(images, targets, ids)`` or a dict with ``images``.
+    Accepts ``(images, targets)`` (ids in ``targets['filename']``, as
+    ``preprocessing.pipeline.train_dataset`` gives them), ``(images, targets, ids)`` or a dict
+    with ``images``.
     """
     if isinstance(batch, Mapping):
         images = batch["images"] if "images" in batch else batch["image"]
@@ -523,7 +518,9 @@ def unpack_batch(batch: Any) -> tuple[tf.Tensor, dict, Optional[tf.Tensor]]:
     if len(batch) == 3:
         return batch[0], batch[1], batch[2]
     images, targets = batch
-    ids = targets.get("image_ids", targets.get("ids")) if isinstance(targets, Mapping) else None
+    ids = None
+    if isinstance(targets, Mapping):
+        ids = next((targets[k] for k in ("filename", "image_ids", "ids") if k in targets), None)
     return images, targets, ids
 
 
@@ -579,18 +576,6 @@ class _SignalCatcher:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _dtype_policy(mode: Optional[str]):
-    """Set Keras' global dtype policy for the duration (mixed_bfloat16 / mixed_float16)."""
-    previous = keras.mixed_precision.global_policy()
-    if mode in MIXED_PRECISION_MODES:
-        keras.mixed_precision.set_global_policy(f"mixed_{mode}")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 # ---------------------------------------------------------------------------------------

@@ -449,3 +449,39 @@ def test_help_documents_every_original_and_new_flag():
     text = proc.stdout + proc.stderr
     for flag in ORIGINAL_FLAGS + EXTRA_FLAGS:
         assert re.search(rf"--(\[no\])?{flag}:", text), flag
+
+
+# ---------------------------------------------------------------------------------------
+# Mixed precision (float16 loss scaling) + moving average, through the engine in-process
+# ---------------------------------------------------------------------------------------
+
+def test_float16_with_moving_average_checkpoints_the_average_as_model(data, tmp_path):
+    import tensorflow as tf
+    from engine import training
+
+    train_dir = str(tmp_path / "mp")
+    config = training.TrainConfig(
+        train_dir=train_dir, dataset_name="voc", dataset_dir=data["dataset_dir"],
+        labels_file=data["labels_file"], model_name="ssd_300_vgg", train_image_size=64,
+        batch_size=2, max_number_of_steps=5, augmentation="none", overfit_one_batch=True,
+        optimizer="adam", learning_rate=1e-3, warmup_steps=0, mixed_precision="float16",
+        moving_average_decay=0.5, log_every_n_steps=1)
+    result = training.train(config)
+    assert result.step == 5 and result.initialized_from == "scratch"
+    assert all(np.isfinite(v) for v in result.losses.values())
+    reader = tf.train.load_checkpoint(os.path.join(train_dir, "ckpt-5"))
+    names = reader.get_variable_to_shape_map()
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    scale = [n for n in names if n.endswith("optimizer/dynamic_scale" + suffix)]
+    assert len(scale) == 1 and 0 < reader.get_tensor(scale[0]) <= 2.0 ** 15
+    # Steps with overflowing float16 gradients are skipped (and the scale halved), not applied.
+    skipped = np.log2(2.0 ** 15 / reader.get_tensor(scale[0]))
+    applied = [n for n in names if n.endswith("inner_optimizer/_iterations" + suffix)]
+    assert len(applied) == 1 and reader.get_tensor(applied[0]) == 5 - skipped >= 1
+    kernel = "model/_graph/_operations/1/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    averaged = reader.get_tensor(kernel)
+    trained = reader.get_tensor(kernel.replace("model/", "train_model/", 1))
+    assert np.abs(averaged - trained).max() > 0  # the average lags the trained weights
+    exported = tf.train.load_checkpoint(os.path.join(train_dir, "export", "model.ckpt-5"))
+    np.testing.assert_array_equal(exported.get_tensor("ssd_300_vgg/conv1/conv1_1/weights"),
+                                  averaged)
