@@ -171,13 +171,42 @@ class SSDVGG(keras.Model):
 
         Tracing once lets TensorFlow's graph optimizer fuse conv + bias + ReLU (oneDNN),
         which is what makes CPU inference fast; use this, not the eager call, for speed.
+        It reads the variables at each call, so it follows training and checkpoint loads.
         """
         if self._inference_fn is None:
-            img_h, img_w = self._params.img_shape
-            spec = tf.TensorSpec([None, img_h, img_w, 3], tf.float32, name="images")
-            self._inference_fn = tf.function(lambda x: self(x, training=False),
-                                             input_signature=[spec])
+            self._inference_fn = self.inference_function()
         return self._inference_fn(tf.convert_to_tensor(images, tf.float32))
+
+    def inference_function(self, frozen: bool = False, jit_compile: bool = False):
+        """A compiled forward pass ``images float32 [N, H, W, 3] -> outputs dict``.
+
+        Args:
+          frozen: bake the current weights into the graph as constants (a snapshot: later
+            weight changes are not seen; build a new function after loading a checkpoint).
+            Lets oneDNN keep the weights in its own layout between calls, measured ~1.3x faster
+            for batch-1 CPU inference (bench/bench_nets.py). For detection-only processes.
+          jit_compile: compile with XLA (measured faster than plain graphs on this CPU in
+            fp32, slower under mixed_bfloat16).
+        """
+        img_h, img_w = self._params.img_shape
+        spec = tf.TensorSpec([None, img_h, img_w, 3], tf.float32, name="images")
+        fn = tf.function(lambda x: self(x, training=False), input_signature=[spec],
+                         jit_compile=jit_compile)
+        if not frozen:
+            return fn
+        # convert_variables_to_constants_v2 is TF's own freezing (used by its TFLite and
+        # SavedModel tooling); it lives in a non-exported module.
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2)
+        traced = fn.get_concrete_function()
+        concrete = convert_variables_to_constants_v2(traced)
+
+        def frozen_fn(images):
+            flat = concrete(tf.convert_to_tensor(images, tf.float32))
+            # The frozen function returns a flat list in tf.nest order: restore the dict.
+            return tf.nest.pack_sequence_as(traced.structured_outputs, flat)
+
+        return frozen_fn
 
     @staticmethod
     def flat_outputs(out: Mapping[str, Sequence[tf.Tensor]]) -> dict[str, tf.Tensor]:

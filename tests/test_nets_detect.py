@@ -1,5 +1,5 @@
-"""Detection entry point: net.detected_bboxes delegation, JSON in pixels, detect.py and demo.py
-run as real subprocesses on real image files and a real checkpoint."""
+"""Detection entry point: net.detected_bboxes delegation, JSON in pixels, detect.py run as a
+real subprocess on real image files and a real checkpoint (a planted SSD300-VGG)."""
 import json
 import os
 import subprocess
@@ -90,7 +90,7 @@ def test_detect_script_writes_pixel_json(planted, tmp_path):
     result = run_script("detect.py", f"--checkpoint_path={os.path.dirname(prefix)}",
                         f"--output_dir={out_dir}", "--select_threshold=0.5", jpg, png)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(out_dir)) == ["room.json", "street.json"]
+    assert {"room.json", "street.json"} <= set(os.listdir(out_dir))
     with open(os.path.join(out_dir, "street.json")) as f:
         street = json.load(f)
     assert (street["height"], street["width"]) == (240, 320)
@@ -128,15 +128,6 @@ def test_detect_script_errors(planted, tmp_path):
                           f"--output_dir={tmp_path}", jpg)
     assert mismatch.returncode == 1 and "are for 21 classes, this net has 81" in mismatch.stderr
     assert "Traceback" not in mismatch.stderr
-
-
-def test_demo_runs(tmp_path):
-    result = run_script(os.path.join(ROOT, "demo.py"), cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "demo_output/synthetic.json" in result.stdout
-    with open(tmp_path / "demo_output" / "synthetic.json") as f:
-        payload = json.load(f)
-    assert payload["height"] == 240 and payload["width"] == 320
 
 
 def test_build_net_from_checkpoint(planted):
