@@ -272,10 +272,11 @@ def render_window(image: tf.Tensor, window: tf.Tensor, out_shape: Sequence[int],
     convention of ``tf.image.resize``); samples between the outermost pixel centres and the
     image border read the edge pixel, samples outside the image are fill.
 
-    Two paths give the same result:
+    Two paths:
 
     * a whole-pixel window inside the image (:func:`snap_window`) is sliced and resized with
-      ``tf.image.resize`` (the flip reverses the slice);
+      ``tf.image.resize`` (the flip reverses the slice): Caffe's crop-then-resize, so samples
+      in the outer half pixel of the window clamp to the crop's edge pixels;
     * any other window (the expand canvas) goes through ``tf.image.crop_and_resize``, which
       maps a box coordinate y to pixel centre ``y * (H - 1)`` and extrapolates outside
       [0, H - 1]: the box is converted to the convention above, only the block of output
@@ -284,8 +285,8 @@ def render_window(image: tf.Tensor, window: tf.Tensor, out_shape: Sequence[int],
       padded by one replicated pixel (a copy) so it reads the edge pixel.
 
     Output pixels whose sample point lies outside the image are reported by ``inside_y`` /
-    ``inside_x`` (exact to the convention above) and are 0 in ``pixels``; the caller fills
-    them (with the mean).
+    ``inside_x`` (exact to the convention above); their values in ``pixels`` are unspecified
+    (mostly 0) and the caller fills them (with the mean).
 
     Args:
       image: [H, W, C] (uint8 or float) image.
@@ -329,13 +330,13 @@ def render_window(image: tf.Tensor, window: tf.Tensor, out_shape: Sequence[int],
 
     def sampled(nearest):
         # The block of output rows / columns that sample inside the image (contiguous).
-        def span(inside, n):
+        def span(inside):
             count = tf.reduce_sum(tf.cast(inside, tf.int32))
             start = tf.where(count > 0, tf.argmax(tf.cast(inside, tf.int32), output_type=tf.int32), 0)
             return start, tf.maximum(count, 1)  # an empty block is computed as 1 masked pixel
 
-        r0, nr = span(inside_y, out_h)
-        c0, nc = span(inside_x, out_w)
+        r0, nr = span(inside_y)
+        c0, nc = span(inside_x)
         first = tf.stack([tf.gather(ys, r0), tf.gather(xs, c0)]) * hw - 0.5  # pixel centres
         last = tf.stack([tf.gather(ys, r0 + nr - 1), tf.gather(xs, c0 + nc - 1)]) * hw - 0.5
         needs_pad = tf.reduce_any(first < 0.0) | tf.reduce_any(last > hw - 1.0) | tf.reduce_any(hw < 2.0)

@@ -9,9 +9,10 @@ Training chain (``chain='caffe'``, the default; Caffe SSD's AnnotatedDataLayer o
 photometric distortions -> expand (zoom-out) filled with the mean -> 7 batch samplers ->
 keep boxes whose centre is in the crop (clipped) -> horizontal flip -> warp resize with a random
 interpolation -> mean subtraction. Expand, crop, flip and resize are sampled in box coordinates
-and rendered by one ``crop_and_resize`` of the original image; the photometric distortions run
-on the (small) output afterwards and the expand fill is reset to the exact mean, see
-docs/preprocessing.md for why this equals Caffe's order up to clipping/rounding details.
+and rendered by one resampling of the original image (``geometry.render_window``); the
+photometric distortions run on the (small) output afterwards, in one XLA-compiled function with
+the mean subtraction, and the expand fill is reset to the exact mean. docs/preprocessing.md
+explains why this equals Caffe's order up to clipping/rounding details.
 """
 from __future__ import annotations
 
