@@ -31,9 +31,9 @@ MODEL_NAME = "ssd_160_mobilenet_v2"
 TARGET_MAP = 0.8
 # The settings of the full demo and of --quick: data size, training length and recipe.
 FULL = {"num_trainval": 1000, "num_test": 200, "steps": 1500, "batch_size": 32,
-        "learning_rate": 2e-3, "num_detect": 8}
+        "learning_rate": 2e-3, "augmentation": "original", "num_detect": 8}
 QUICK = {"num_trainval": 96, "num_test": 24, "steps": 40, "batch_size": 16,
-         "learning_rate": 2e-3, "num_detect": 4}
+         "learning_rate": 2e-3, "augmentation": "original", "num_detect": 4}
 SEED = 0
 
 
@@ -51,9 +51,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=None, help="training batch size (default 32)")
     parser.add_argument("--num_trainval", type=int, default=None, help="trainval images to generate")
     parser.add_argument("--num_test", type=int, default=None, help="test images to generate")
+    parser.add_argument("--augmentation", choices=("caffe", "original", "none"), default=None,
+                        help="training augmentation (default: original)")
     parser.add_argument("--verbose", action="store_true", help="show every line the scripts print")
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
+    if args.augmentation:
+        settings["augmentation"] = args.augmentation
     for key in ("steps", "batch_size", "num_trainval", "num_test"):
         value = getattr(args, key)
         if value is not None:
@@ -161,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--dataset_dir={tfrecords}", "--dataset_name=voc", f"--labels_file={labels}",
             "--dataset_split_name=trainval", f"--model_name={MODEL_NAME}",
             "--preprocessing_name=ssd_300_vgg",  # the SSD chain; out_shape comes from the net
-            "--optimizer=adam", f"--learning_rate={s['learning_rate']}",
+            f"--augmentation={s['augmentation']}", "--optimizer=adam", f"--learning_rate={s['learning_rate']}",
             "--learning_rate_decay_type=cosine",
             f"--end_learning_rate={s['learning_rate'] / 50}", f"--warmup_steps={warmup}",
             "--weight_decay=4e-5", "--nodecay_l2norm_scale", "--bias_lr_mult=1",
