@@ -5,7 +5,6 @@ Real checkpoint files on disk (TF2 object-based and TF1-named), a fake clock for
 import os
 import shutil
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
