@@ -216,8 +216,8 @@ def make_detect_fn(net: Any, config: EvalConfig, image_shape: Sequence[int] | No
                  reduce_retracing=True)
     def detect(images: tf.Tensor, bbox_img: tf.Tensor) -> dict[str, tf.Tensor]:
         flat = dict(net.flat_outputs(net(images, training=False)))
-        # Flattening with a free batch dimension loses the static anchor count, which the
-        # fixed-size post-processing needs: restore it (it is known from the anchors).
+        # The fixed-size post-processing needs the static anchor count; with a free batch
+        # dimension make sure it is there (it is known from the anchors).
         for key, last in (("predictions", num_classes), ("localisations", 4)):
             flat[key] = tf.ensure_shape(flat[key], [None, num_anchors, last])
         det = net.detected_bboxes(flat, select_threshold=config.select_threshold,
