@@ -440,8 +440,8 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
         ckpt_shape = source.shapes[ckpt_name]
         fn = transform(name, ckpt_name, ckpt_shape, var_shape)
         out_shape = ckpt_shape
-        if fn is not None:
-            out_shape = tuple(fn(np.empty(ckpt_shape, dtype=np.bool_)).shape)
+        if fn is not None:  # the shape after decimation, from a zero-strided view (no memory)
+            out_shape = tuple(fn(np.broadcast_to(np.zeros((), np.bool_), ckpt_shape)).shape)
         if out_shape != var_shape:
             wrong_shape.append((name, ckpt_shape, var_shape))
             continue
@@ -449,13 +449,12 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
 
     # Unexpected: checkpoint variables of the checkpoint's model scope that nothing uses,
     # except optimizer slots / moving averages of used variables (".../weights/Momentum").
-    used = set(wanted.values())
-    excluded_ckpt = {f"{ckpt_scope}/{n[len(net.model_name) + 1:]}" for n in excluded}
+    known = set(wanted.values()) | {f"{ckpt_scope}/{n[len(net.model_name) + 1:]}" for n in excluded}
     unexpected = []
     for ckpt_name in sorted(source.shapes):
-        if not ckpt_name.startswith(ckpt_scope + "/") or ckpt_name in used:
+        if not ckpt_name.startswith(ckpt_scope + "/") or ckpt_name in known:
             continue
-        if ckpt_name in excluded_ckpt or _in_scope(ckpt_name, excluded_ckpt | used):
+        if ckpt_name.rsplit("/", 1)[0] in known:  # a slot of a known variable
             continue
         if vgg16 and _in_scope(ckpt_name, _VGG16_UNUSED):
             continue
