@@ -10,10 +10,13 @@ Peer: torchvision.models.detection.ssd300_vgg16 (random weights, 21 classes) in 
 its own matching + hard negative mining loss, SGD momentum 0.9, batch 8 of 300x300 images with
 synthetic boxes (so it pays no data-loading or augmentation cost), in its own subprocess.
 
-Both report time per image and peak resident memory (ru_maxrss of the process). Prints the
-ratio ours/torchvision of time per image (goal <= 0.8). Run with the bench venv:
+Both report time per image and peak resident memory (ru_maxrss of each process), in float32
+and in bfloat16 mixed precision (ours: --mixed_precision=bfloat16; torch: CPU autocast to
+bfloat16), and the ratio ours/torchvision of time per image at each precision (goal <= 0.8).
+Run with the bench venv:
 
-    .venv-bench/bin/python bench/bench_train.py [--steps 6] [--batch_size 8]
+    .venv-bench/bin/python bench/bench_train.py [--steps 6] [--batch_size 8] \
+        [--precisions float32,bfloat16]
 
 On the 2-core CPU machine each side takes a few minutes; timings taken while other jobs run
 are pessimistic for both.
@@ -57,31 +60,42 @@ def _make_tfrecords(workdir: str, num_images: int) -> tuple[str, str]:
     return out, labels
 
 
-def run_ours(steps: int, batch_size: int, workdir: str) -> dict:
-    dataset_dir, labels = _make_tfrecords(workdir, num_images=4 * batch_size)
-    train_dir = os.path.join(workdir, "train")
+def _run_child(args: list[str]) -> tuple[int, str, float]:
+    """Run a command; returns (exit code, stdout + stderr, its own peak RSS in MB)."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(args, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        return proc.returncode, out.read(), usage.ru_maxrss / 1024.0
+
+
+def run_ours(steps: int, batch_size: int, workdir: str, dataset_dir: str, labels: str,
+             precision: str) -> dict:
+    train_dir = os.path.join(workdir, f"train_{precision}")
     args = [sys.executable, os.path.join(ROOT, "train_ssd_network.py"),
             f"--train_dir={train_dir}", "--dataset_name=voc", f"--dataset_dir={dataset_dir}",
             f"--labels_file={labels}", "--model_name=ssd_300_vgg", f"--batch_size={batch_size}",
             f"--max_number_of_steps={steps + 1}", "--log_every_n_steps=1",
             "--save_interval_secs=100000", "--save_summaries_secs=100000",
             "--noexport_tf1_checkpoint", "--recipe=caffe_voc"]
+    if precision != "float32":
+        args.append(f"--mixed_precision={precision}")
     start = time.time()
-    proc = subprocess.run(args, env=_env(), capture_output=True, text=True)
+    returncode, log, rss = _run_child(args)
     wall = time.time() - start
-    if proc.returncode != 0:
-        raise RuntimeError("train_ssd_network.py failed:\n" + proc.stderr[-3000:])
-    rates = {int(m.group(1)): float(m.group(2)) for m in RATE_RE.finditer(proc.stderr)}
+    if returncode != 0:
+        raise RuntimeError("train_ssd_network.py failed:\n" + log[-3000:])
+    rates = {int(m.group(1)): float(m.group(2)) for m in RATE_RE.finditer(log)}
     if not rates:
-        raise RuntimeError("no throughput in the log:\n" + proc.stderr[-3000:])
+        raise RuntimeError("no throughput in the log:\n" + log[-3000:])
     # The logged rate is cumulative since the end of step 1: the last one covers every timed step.
     images_per_sec = rates[max(rates)]
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     return {"images_per_sec": images_per_sec, "sec_per_image": 1.0 / images_per_sec,
             "peak_rss_mb": rss, "wall_s": wall, "timed_steps": steps}
 
 
-def torch_child(steps: int, batch_size: int) -> None:
+def torch_child(steps: int, batch_size: int, precision: str) -> None:
     """Runs in a subprocess: prints one JSON line with the torchvision figures."""
     import torch
     import torchvision
@@ -106,7 +120,11 @@ def torch_child(steps: int, batch_size: int) -> None:
 
     def step():
         images, targets = batch()
-        losses = model(images, targets)
+        if precision == "bfloat16":
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                losses = model(images, targets)
+        else:
+            losses = model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
@@ -127,9 +145,10 @@ def torch_child(steps: int, batch_size: int) -> None:
                       "threads": torch.get_num_threads()}))
 
 
-def run_torch(steps: int, batch_size: int) -> dict:
+def run_torch(steps: int, batch_size: int, precision: str) -> dict:
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch_child",
-                           f"--steps={steps}", f"--batch_size={batch_size}"],
+                           f"--steps={steps}", f"--batch_size={batch_size}",
+                           f"--precisions={precision}"],
                           env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError("torchvision run failed:\n" + proc.stderr[-3000:])
@@ -140,29 +159,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--precisions", default="float32,bfloat16",
+                        help="comma-separated: float32 and/or bfloat16 (both sides)")
     parser.add_argument("--torch_child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip_torch", action="store_true", help="measure ours only")
     args = parser.parse_args()
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if args.torch_child:
-        torch_child(args.steps, args.batch_size)
+        torch_child(args.steps, args.batch_size, precisions[0])
         return 0
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
         print(f"SSD300 training, batch {args.batch_size}, {args.steps} timed steps per side, "
-              f"{os.cpu_count()} CPU cores", flush=True)
-        ours = run_ours(args.steps, args.batch_size, workdir)
-        print(f"ours (TF {_tf_version()}, full Caffe augmentation from TFRecords): "
-              f"{ours['images_per_sec']:.2f} img/s = {ours['sec_per_image']:.3f} s/image, "
-              f"peak RSS {ours['peak_rss_mb']:.0f} MB", flush=True)
-        if args.skip_torch:
-            return 0
-        peer = run_torch(args.steps, args.batch_size)
-        print(f"torchvision ssd300_vgg16 (torch {peer['torch']}, synthetic data): "
-              f"{peer['images_per_sec']:.2f} img/s = {peer['sec_per_image']:.3f} s/image, "
-              f"peak RSS {peer['peak_rss_mb']:.0f} MB", flush=True)
-        ratio = ours["sec_per_image"] / peer["sec_per_image"]
-        print(f"time per image ours / torchvision = {ratio:.2f} (goal <= 0.80: "
-              f"{'met' if ratio <= 0.8 else 'not met'})")
+              f"{os.cpu_count()} CPU cores, TF {_tf_version()}", flush=True)
+        dataset_dir, labels = _make_tfrecords(workdir, num_images=4 * args.batch_size)
+        for precision in precisions:
+            ours = run_ours(args.steps, args.batch_size, workdir, dataset_dir, labels, precision)
+            print(f"[{precision}] ours, full Caffe augmentation from TFRecords: "
+                  f"{ours['images_per_sec']:.2f} img/s = {ours['sec_per_image']:.3f} s/image, "
+                  f"peak RSS {ours['peak_rss_mb']:.0f} MB", flush=True)
+            if args.skip_torch:
+                continue
+            peer = run_torch(args.steps, args.batch_size, precision)
+            print(f"[{precision}] torchvision ssd300_vgg16 (torch {peer['torch']}, synthetic "
+                  f"data{', autocast' if precision == 'bfloat16' else ''}): "
+                  f"{peer['images_per_sec']:.2f} img/s = {peer['sec_per_image']:.3f} s/image, "
+                  f"peak RSS {peer['peak_rss_mb']:.0f} MB", flush=True)
+            ratio = ours["sec_per_image"] / peer["sec_per_image"]
+            print(f"[{precision}] time per image ours / torchvision = {ratio:.2f} (goal <= 0.80: "
+                  f"{'met' if ratio <= 0.8 else 'not met'})", flush=True)
     return 0
 
 

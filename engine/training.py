@@ -463,19 +463,26 @@ def select_trainable(named: Mapping[str, Any], trainable_scopes: Optional[str]) 
     """Names of the variables to train: all trainable ones (not e.g. batch-norm moving
     statistics), or those under ``--trainable_scopes``.
 
+    A scope that matches nothing is logged as a warning (listing the net's scopes).
+
     Raises:
-      UsageError: a scope that matches no variable (the message lists the net's scopes).
+      UsageError: no scope matches any variable (the message lists the net's scopes).
     """
     named = {n: v for n, v in named.items() if getattr(v, "trainable", True)}
     scopes = split_scopes(trainable_scopes)
     if not scopes:
         return list(named)
+    tops = sorted({"/".join(n.split("/")[:2]) for n in named})
+    selected = [n for n in named if in_scopes(n, scopes)]
+    if not selected:
+        raise UsageError(f"--trainable_scopes: {','.join(scopes)} matches no variable; this "
+                         f"net's scopes are {', '.join(tops)}.")
     for scope in scopes:
         if not any(in_scopes(n, [scope]) for n in named):
-            tops = sorted({"/".join(n.split("/")[:2]) for n in named})
-            raise UsageError(f"--trainable_scopes: {scope!r} matches no variable; this net's "
-                             f"scopes are {', '.join(tops)}.")
-    return [n for n in named if in_scopes(n, scopes)]
+            # E.g. block10/block11 of a net cut down by a small --train_image_size.
+            logger.warning("--trainable_scopes: %r matches no variable of this net (scopes: "
+                           "%s).", scope, ", ".join(tops))
+    return selected
 
 
 def weight_decay_names(net: Any, named: Mapping[str, Any], include_l2norm_scale: bool
@@ -1087,11 +1094,17 @@ def _restore_or_initialize(config: TrainConfig, keeper: CheckpointKeeper, net, e
             else:
                 # Another optimizer / trainable set (e.g. the README's second stage run in the
                 # same train_dir): keep the weights and the step, start a fresh optimizer.
-                logger.warning("Optimizer settings changed since %s was written (%s -> %s): "
-                               "restoring the weights and the step only; the optimizer and "
-                               "its schedule start afresh.", latest,
-                               {k: v for k, v in previous.items() if k != "trainable"},
-                               {k: v for k, v in signature.items() if k != "trainable"})
+                changes = []
+                for key in sorted(set(previous) | set(signature)):
+                    before, after = previous.get(key), signature.get(key)
+                    if before != after:
+                        if key == "trainable":
+                            before = f"{len(before or [])} variables"
+                            after = f"{len(after or [])} variables"
+                        changes.append(f"{key}: {before} -> {after}")
+                logger.warning("Training set-up changed since %s was written (%s): restoring "
+                               "the weights and the step only; the optimizer and its schedule "
+                               "start afresh.", latest, "; ".join(changes))
                 partial = {"step": step_var}
                 if ema is not None:
                     partial["train_model"] = net
@@ -1118,11 +1131,20 @@ def _restore_or_initialize(config: TrainConfig, keeper: CheckpointKeeper, net, e
         except FileNotFoundError as err:
             raise DataError(f"--checkpoint_path: {err}") from None
         scope = resolve_model_scope(prefix, net.model_name, config.checkpoint_model_scope)
+        excludes = split_scopes(config.checkpoint_exclude_scopes)
         try:
-            report = net.load_checkpoint(prefix, model_scope=scope,
-                                         exclude_scopes=split_scopes(
-                                             config.checkpoint_exclude_scopes),
-                                         ignore_missing_vars=config.ignore_missing_vars)
+            try:
+                report = net.load_checkpoint(prefix, model_scope=scope, exclude_scopes=excludes,
+                                             ignore_missing_vars=config.ignore_missing_vars)
+            except ckpt_lib.CheckpointMismatchError as err:
+                if not _only_excluded_fc_layers(err, scope, net.model_name, excludes):
+                    raise
+                # The original README excludes conv6/conv7 when starting from vgg_16.ckpt: its
+                # fc6/fc7 are then simply not used (they are the source of conv6/conv7).
+                logger.info("vgg_16 fc6/fc7 not loaded: conv6/conv7 are in "
+                            "--checkpoint_exclude_scopes.")
+                report = net.load_checkpoint(prefix, model_scope=scope, exclude_scopes=excludes,
+                                             ignore_missing_vars=True)
         except ckpt_lib.CheckpointMismatchError as err:
             lines = str(err).splitlines()
             for line in lines[1:]:
@@ -1140,6 +1162,15 @@ def _restore_or_initialize(config: TrainConfig, keeper: CheckpointKeeper, net, e
     logger.info("No checkpoint in %s and no --checkpoint_path: training from scratch "
                 "(random initialisation).", config.train_dir)
     return "scratch"
+
+
+def _only_excluded_fc_layers(err, scope: Optional[str], model_name: str,
+                             excludes: Sequence[str]) -> bool:
+    """True when a vgg_16 load failed only on fc6/fc7 whose targets conv6/conv7 are excluded."""
+    if scope != "vgg_16" or err.missing or err.wrong_shape or not err.unexpected:
+        return False
+    unused = [f"vgg_16/fc{i}" for i in (6, 7) if in_scopes(f"{model_name}/conv{i}", excludes)]
+    return bool(unused) and all(in_scopes(name, unused) for name in err.unexpected)
 
 
 def _export_tf1(train_dir: str, model, step: int) -> Optional[str]:

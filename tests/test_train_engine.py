@@ -205,7 +205,7 @@ class _Var:
         self.trainable = trainable
 
 
-def test_trainable_scopes_match_whole_path_components():
+def test_trainable_scopes_match_whole_path_components(caplog):
     named = {n: _Var() for n in ("ssd_300_vgg/block1/conv/weights",
                                  "ssd_300_vgg/block10/conv/weights",
                                  "ssd_300_vgg/block10_box/conv_cls/biases")}
@@ -217,7 +217,11 @@ def test_trainable_scopes_match_whole_path_components():
         == list(named)[1:3]
     with pytest.raises(training.UsageError, match="matches no variable; this net's scopes are "
                                                   "ssd_300_vgg/block1, ssd_300_vgg/block10"):
-        training.select_trainable(named, "ssd_300_vgg/conv9")
+        training.select_trainable(named, "ssd_300_vgg/conv9,ssd_300_vgg/conv8")
+    caplog.set_level("WARNING")
+    assert training.select_trainable(named, "ssd_300_vgg/conv9,ssd_300_vgg/block1") == [
+        "ssd_300_vgg/block1/conv/weights"]
+    assert "'ssd_300_vgg/conv9' matches no variable" in caplog.text
 
 
 def test_weight_decay_covers_kernels_and_optionally_the_l2norm_scale():
@@ -305,3 +309,17 @@ def test_atomic_write_json_leaves_no_temporary(tmp_path):
     training.atomic_write_json(path, {"a": 3})
     assert os.listdir(tmp_path) == ["c.json"]
     assert open(path).read().strip() == '{\n "a": 3\n}'
+
+
+def test_vgg16_fc_layers_of_excluded_conv6_conv7_are_not_a_mismatch():
+    from nets.checkpoints import CheckpointMismatchError
+
+    readme = ["ssd_300_vgg/conv6", "ssd_300_vgg/conv7", "ssd_300_vgg/block8"]
+    err = CheckpointMismatchError("x", unexpected=["vgg_16/fc6/weights", "vgg_16/fc7/biases"])
+    assert training._only_excluded_fc_layers(err, "vgg_16", "ssd_300_vgg", readme)
+    # conv7 not excluded: fc7 is a real mismatch.
+    assert not training._only_excluded_fc_layers(err, "vgg_16", "ssd_300_vgg", readme[::2])
+    assert not training._only_excluded_fc_layers(err, None, "ssd_300_vgg", readme)
+    other = CheckpointMismatchError("x", unexpected=["vgg_16/fc6/weights"],
+                                    missing=["ssd_300_vgg/conv1/conv1_1/weights"])
+    assert not training._only_excluded_fc_layers(other, "vgg_16", "ssd_300_vgg", readme)

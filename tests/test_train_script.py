@@ -344,14 +344,17 @@ def test_finetune_from_ssd_checkpoint_with_exclude_scopes(data, voc21_checkpoint
     assert shapes["ssd_300_vgg/block4_box/conv_cls/biases"] == [4 * 5]
     # The (trained) heads moved away from zero biases.
     assert np.abs(exported.get_tensor("ssd_300_vgg/block4_box/conv_cls/biases")).max() > 0
-    # Running the same command again resumes instead of re-initialising (and says so).
+    # Stage 2 in the same train_dir (every layer trainable now): resumes the weights and the
+    # step, not --checkpoint_path; the optimizer starts afresh because its variables changed.
     again = _run(_args(data, train_dir, checkpoint_path=voc21_checkpoint,
-                       checkpoint_exclude_scopes=BOX_SCOPES, trainable_scopes=BOX_SCOPES,
-                       max_number_of_steps=2, optimizer="momentum", learning_rate=1e-2),
-                 timeout=120)
+                       checkpoint_exclude_scopes=BOX_SCOPES, max_number_of_steps=3,
+                       optimizer="momentum", learning_rate=1e-2), timeout=180)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"--checkpoint_path={voc21_checkpoint} not used" in again.stderr
-    assert "nothing to train" in again.stderr
+    assert re.search(r"Training set-up changed .*trainable: 17 variables -> 55 variables",
+                     again.stderr)
+    assert f"Resuming from {train_dir / 'ckpt-2'} at step 2." in again.stderr
+    assert sorted(_steps(again.stderr)) == [3]
 
 
 # ---------------------------------------------------------------------------------------
