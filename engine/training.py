@@ -907,7 +907,8 @@ def train(config: TrainConfig, *, hooks: Optional[Mapping[str, Callable]] = None
     step = start_step
     logger.info("Training from step %d%s.", start_step,
                 f" to {max_steps}" if max_steps else " until stopped")
-    with _SignalCatcher() as signals:
+    with _SignalCatcher() as signals, contextlib.ExitStack() as cleanup:
+        cleanup.callback(keeper.close)
         try:
             first = True
             while max_steps is None or step < max_steps:
@@ -956,11 +957,10 @@ def train(config: TrainConfig, *, hooks: Optional[Mapping[str, Callable]] = None
         finally:
             if writer is not None:
                 writer.flush()
-    if is_chief and config.export_tf1_checkpoint and stopped_by is None:
-        _export_tf1(config.train_dir, objects["model"], step)
-    if multi_worker:
-        _barrier(strategy)
-    keeper.close()
+        if is_chief and config.export_tf1_checkpoint and stopped_by is None:
+            _export_tf1(config.train_dir, objects["model"], step)
+        if multi_worker:
+            _barrier(strategy)
     if stopped_by:
         logger.warning("Stopped by %s at step %d; checkpoint %s.", stopped_by, step,
                        last_checkpoint)
@@ -1105,11 +1105,10 @@ def _restore_or_initialize(config: TrainConfig, keeper: CheckpointKeeper, net, e
                 logger.warning("Training set-up changed since %s was written (%s): restoring "
                                "the weights and the step only; the optimizer and its schedule "
                                "start afresh.", latest, "; ".join(changes))
-                partial = {"step": step_var}
-                if ema is not None:
-                    partial["train_model"] = net
-                else:
-                    partial["model"] = net
+                # The trained weights are under 'train_model' when the checkpoint was written
+                # with a moving average ('model' then holds the average), else under 'model'.
+                partial = {"step": step_var,
+                           "train_model" if previous.get("moving_average") else "model": net}
                 tf.train.Checkpoint(**partial).restore(latest).expect_partial()
                 if ema is not None:
                     ema.reset()
