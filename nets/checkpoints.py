@@ -144,12 +144,6 @@ def read_metadata(prefix: str) -> Optional[dict[str, Any]]:
     return data
 
 
-def _freeze(value):
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
 def params_from_metadata(metadata: Mapping[str, Any], base: SSDParams) -> SSDParams:
     """``base`` (the network's default params) updated with a sidecar's values.
 
@@ -162,7 +156,7 @@ def params_from_metadata(metadata: Mapping[str, Any], base: SSDParams) -> SSDPar
     for key in ("img_shape", "feat_layers", "feat_shapes", "anchor_sizes", "anchor_ratios",
                 "anchor_steps", "anchor_offset", "normalizations", "prior_scaling"):
         if key in metadata:
-            replace[key] = _freeze(metadata[key])
+            replace[key] = ssd_params_lib.as_tuples(metadata[key])
     if "extra_blocks" in metadata:
         replace["extra_blocks"] = tuple(ssd_params_lib.ExtraBlock(**b)
                                         for b in metadata["extra_blocks"])
@@ -222,8 +216,7 @@ def checkpoint_params(path: str, model_name: Optional[str] = None,
     if num_classes is None and "num_classes" not in metadata:
         num_classes = infer_num_classes(prefix, model_name)
     if num_classes is not None:
-        params = dataclasses.replace(params, num_classes=int(num_classes),
-                                     no_annotation_label=int(num_classes))
+        params = params.with_num_classes(num_classes)
     if anchor_preset is not None:
         params = params.with_anchor_preset(anchor_preset)
     return model_name, params

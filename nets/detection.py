@@ -6,7 +6,6 @@ bilinear, RGB minus the means); ``preprocessing/`` owns the full train/eval chai
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -147,8 +146,7 @@ def build_net(model_name: Optional[str] = None, checkpoint_path: Optional[str] =
         model_name = model_name or "ssd_300_vgg"
         params = nets_factory.get_network(model_name).default_params
         if num_classes is not None:
-            params = dataclasses.replace(params, num_classes=int(num_classes),
-                                         no_annotation_label=int(num_classes))
+            params = params.with_num_classes(num_classes)
         if anchor_preset is not None:
             params = params.with_anchor_preset(anchor_preset)
     net = nets_factory.get_network(model_name)(params, dtype_policy=dtype_policy)

@@ -109,6 +109,13 @@ del _table, _name
 DEFAULT_ANCHOR_PRESET = "voc"
 
 
+def as_tuples(value):
+    """Nested lists/tuples -> nested tuples (other values unchanged)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(as_tuples(v) for v in value)
+    return value
+
+
 def anchor_preset_names() -> tuple[str, ...]:
     """All preset names (for flags' help texts and error messages)."""
     return tuple(sorted({n for table in ANCHOR_PRESETS.values() for n in table})) + (CUSTOM_PRESET,)
@@ -151,15 +158,11 @@ class SSDParams:
     extra_blocks: tuple[ExtraBlock, ...] = SSD300_EXTRA_BLOCKS
 
     def __post_init__(self) -> None:
-        # Freeze nested sequences as tuples so that the dataclass is hashable and JSON-stable.
-        def freeze(value):
-            if isinstance(value, (list, tuple)):
-                return tuple(freeze(v) for v in value)
-            return value
-
+        # Nested sequences become tuples, so that the dataclass is hashable and compares
+        # equal however it was made (lists from JSON, tuples from code).
         for field in dataclasses.fields(self):
             if field.name != "extra_blocks":
-                object.__setattr__(self, field.name, freeze(getattr(self, field.name)))
+                object.__setattr__(self, field.name, as_tuples(getattr(self, field.name)))
         object.__setattr__(self, "extra_blocks", tuple(self.extra_blocks))
         self._validate()
 
@@ -202,6 +205,12 @@ class SSDParams:
     def num_anchors(self) -> int:
         """Total number of anchors (8,732 for SSD300, 24,564 for SSD512)."""
         return sum(h * w * a for (h, w), a in zip(self.feat_shapes, self.num_anchors_per_location))
+
+    def with_num_classes(self, num_classes: int) -> "SSDParams":
+        """A copy for ``num_classes`` classes (background included); ``no_annotation_label``
+        follows, as in the original (it equals num_classes)."""
+        return dataclasses.replace(self, num_classes=int(num_classes),
+                                   no_annotation_label=int(num_classes))
 
     def with_anchor_preset(self, preset: str) -> "SSDParams":
         """A copy with the anchor sizes of ``preset`` for this ``img_shape``."""
@@ -335,9 +344,8 @@ def anchors(params: SSDParams) -> np.ndarray:
 
 
 def params_to_json(params: SSDParams) -> dict:
-    """Plain-JSON form of ``params`` (tuples become lists, extra blocks become dicts)."""
-    data = dataclasses.asdict(params)
-    return data
+    """``params`` as a dict ready for ``json.dump`` (extra blocks become dicts)."""
+    return dataclasses.asdict(params)
 
 
 def params_from_json(data: dict) -> SSDParams:

@@ -216,6 +216,7 @@ class SSDVGG(keras.Model):
 
     # -- anchors and post-processing -------------------------------------------------------
 
+    @tf.autograph.experimental.do_not_convert  # NumPy constant: never graph code
     def anchors(self) -> np.ndarray:
         """np.float32 [num_anchors, 4] ``(ymin, xmin, ymax, xmax)``, normalized, unclipped,
         ordered (feature layer, row, column, anchor) like :meth:`flat_outputs`."""
