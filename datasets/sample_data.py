@@ -277,8 +277,19 @@ def _write_if_changed(path: str, data: bytes) -> None:
         f.write(data)
 
 
+def _write_image(task: tuple[str, int, int, str, int, tuple[int, int]]) -> tuple[int, int, int]:
+    """Draw and write one image + annotation; returns (objects, difficult, truncated)."""
+    root, seed, split_index, image_id, index, image_size = task
+    image, objects = draw_sample(np.random.default_rng([seed, split_index, index]), image_size)
+    _write_if_changed(os.path.join(root, "JPEGImages", image_id + ".jpg"), encode_jpeg(image))
+    _write_if_changed(os.path.join(root, "Annotations", image_id + ".xml"),
+                      annotation_xml(image_id, image_size, objects).encode())
+    return (len(objects), sum(o.difficult for o in objects), sum(o.truncated for o in objects))
+
+
 def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int = 0,
-             image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> dict[str, int]:
+             image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+             num_workers: int | None = None) -> dict[str, int]:
     """Write the sample dataset under ``root`` in the PASCAL VOC layout.
 
     Args:
@@ -287,6 +298,8 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
       num_trainval, num_test: images per split.
       seed: the dataset seed; the same arguments always give byte-identical files.
       image_size: ``(height, width)`` of every image, in pixels.
+      num_workers: processes drawing images in parallel (default: the usable cores; 1 = none).
+        The files do not depend on it (each image has its own generator).
 
     Returns:
       ``{'trainval': n, 'test': n, 'objects': total objects, 'difficult': n, 'truncated': n}``.
@@ -299,20 +312,27 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     _write_if_changed(os.path.join(root, LABELS_FILENAME), ("\n".join(CLASSES) + "\n").encode())
-    stats = {"trainval": num_trainval, "test": num_test, "objects": 0, "difficult": 0, "truncated": 0}
+    tasks = []
     for split_index, (split, count) in enumerate(zip(SPLITS, (num_trainval, num_test))):
         ids = image_ids(split, count)
-        for i, image_id in enumerate(ids):
-            rng = np.random.default_rng([seed, split_index, i])
-            image, objects = draw_sample(rng, (height, width))
-            _write_if_changed(os.path.join(root, "JPEGImages", image_id + ".jpg"), encode_jpeg(image))
-            _write_if_changed(os.path.join(root, "Annotations", image_id + ".xml"),
-                              annotation_xml(image_id, (height, width), objects).encode())
-            stats["objects"] += len(objects)
-            stats["difficult"] += sum(o.difficult for o in objects)
-            stats["truncated"] += sum(o.truncated for o in objects)
+        tasks += [(root, seed, split_index, image_id, i, (height, width)) for i, image_id in enumerate(ids)]
         _write_if_changed(os.path.join(root, "ImageSets", "Main", split + ".txt"),
                           "".join(i + "\n" for i in ids).encode())
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if num_workers > 1 and len(tasks) >= 32:
+        import concurrent.futures
+        import multiprocessing
+
+        # fork: the workers need nothing but this module; no thread pools exist yet in the parent.
+        context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+            counts = list(pool.map(_write_image, tasks, chunksize=16))
+    else:
+        counts = [_write_image(task) for task in tasks]
+    stats = {"trainval": num_trainval, "test": num_test,
+             "objects": sum(c[0] for c in counts), "difficult": sum(c[1] for c in counts),
+             "truncated": sum(c[2] for c in counts)}
     logger.info("sample data in %s: %s", root, stats)
     return stats
 
@@ -326,11 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (same seed -> same files)")
     parser.add_argument("--image_height", type=int, default=DEFAULT_IMAGE_SIZE[0], help="image height in pixels")
     parser.add_argument("--image_width", type=int, default=DEFAULT_IMAGE_SIZE[1], help="image width in pixels")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="parallel processes (default: the usable cores); the output does not depend on it")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         stats = generate(args.output_dir, args.num_trainval, args.num_test, args.seed,
-                         (args.image_height, args.image_width))
+                         (args.image_height, args.image_width), args.num_workers)
     except ValueError as e:
         print(f"sample_data: {e}", file=sys.stderr)
         return 2
