@@ -1216,8 +1216,11 @@ def _make_dataset_fn(config: TrainConfig, spec, params, anchors: np.ndarray, glo
         if config.overfit_one_batch:
             local = global_batch // ctx.num_input_pipelines
             ds = ds.repeat().take(local)
+        # Each input pipeline draws its own augmentations: with one seed for all, the k-th
+        # example of every pipeline would get the same crop, flip and colour draws.
+        pipeline_seed = seed + 7919 * ctx.input_pipeline_id
         ds = pipeline.train_dataset(
-            ds, preprocess_fn, anchors, batch, out_shape=out_shape, seed=seed,
+            ds, preprocess_fn, anchors, batch, out_shape=out_shape, seed=pipeline_seed,
             encode_options={"matching": config.matching,
                             "match_threshold": config.match_threshold,
                             "prior_scaling": tuple(params.prior_scaling)},
