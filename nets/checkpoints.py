@@ -413,7 +413,7 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
         if not any(_in_scope(n, [scope]) for n in variables):
             logger.warning("exclude scope %r matches no variable of %s", scope, net.model_name)
 
-    def transform(name: str, ckpt_name: str, ckpt_shape: tuple, var_shape: tuple):
+    def transform(ckpt_name: str, ckpt_shape: tuple, var_shape: tuple):
         """Decimation of vgg_16 fc6/fc7 when the checkpoint holds the fully-connected sizes."""
         if vgg16 and ckpt_shape != var_shape:
             if ckpt_name.endswith("fc6/weights") and len(ckpt_shape) == 4 and ckpt_shape[:2] == (7, 7):
@@ -431,7 +431,7 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
             missing.append(name)
             continue
         ckpt_shape = source.shapes[ckpt_name]
-        fn = transform(name, ckpt_name, ckpt_shape, var_shape)
+        fn = transform(ckpt_name, ckpt_shape, var_shape)
         out_shape = ckpt_shape
         if fn is not None:  # the shape after decimation, from a zero-strided view (no memory)
             out_shape = tuple(fn(np.broadcast_to(np.zeros((), np.bool_), ckpt_shape)).shape)

@@ -1,7 +1,7 @@
 """Helpers shared by every SSD network: flattening per-layer outputs in anchor order."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -41,3 +41,24 @@ def flatten_outputs(out: Mapping[str, Sequence[tf.Tensor]]) -> dict[str, tf.Tens
             value = flatten_layers(value, last_dim)
         result[key] = value
     return result
+
+
+def feature_map(end_points: Mapping[str, Any], params, index: int):
+    """The end point of feature layer ``index``, checked against ``params.feat_shapes``.
+
+    Raises ValueError naming the layer when it is not an end point or its (h, w) differs from
+    the params (the anchors would then not match the outputs).
+    """
+    layer = params.feat_layers[index]
+    if layer not in end_points:
+        raise ValueError(f"Feature layer {layer!r} is not an end point of this net "
+                         f"({', '.join(end_points)}).")
+    x = end_points[layer]
+    expected = tuple(params.feat_shapes[index])
+    actual = tuple(x.shape[1:3])
+    if actual != expected:
+        raise ValueError(f"SSDParams.feat_shapes[{index}] is {expected}, but {layer} is {actual} "
+                         f"for img_shape {tuple(params.img_shape)}: use "
+                         f"params.with_img_shape({tuple(params.img_shape)}).")
+    return x
+

@@ -78,16 +78,8 @@ def _build_graph(params: SSDParams, dtype_policy: Any) -> tuple[keras.Model, ker
 
     logits, localisations = [], []
     for i, layer in enumerate(params.feat_layers):
-        if layer not in end_points:
-            raise ValueError(f"Feature layer {layer!r} is not an end point of this net "
-                             f"({', '.join(end_points)}).")
-        x = end_points[layer]
+        x = ssd_common.feature_map(end_points, params, i)
         h, w = params.feat_shapes[i]
-        actual = tuple(x.shape[1:3])
-        if actual != (h, w):
-            raise ValueError(f"SSDParams.feat_shapes[{i}] is {(h, w)}, but {layer} is {actual} "
-                             f"for img_shape {params.img_shape}: use "
-                             f"params.with_img_shape({tuple(params.img_shape)}).")
         num_anchors = params.num_anchors_per_location[i]
         box = f"{layer}_box"
         if params.normalizations[i] > 0:

@@ -440,3 +440,13 @@ def test_whole_net_matches_caffe_reference(tmp_path):
     for i in range(len(params.feat_layers)):
         _rel_close(out["logits"][i], logits[i], tol=2e-4)
         _rel_close(out["localisations"][i], locs[i], tol=2e-4)
+
+
+def test_feature_shapes_must_match_img_shape():
+    base = nets_factory.get_network("ssd_300_vgg").default_params
+    wrong = dataclasses.replace(base, img_shape=(320, 320), anchor_preset="custom")
+    with pytest.raises(ValueError, match=r"feat_shapes\[0\] is \(38, 38\), but block4 is \(40, 40\)"):
+        nets_factory.get_network("ssd_300_vgg")(wrong)
+    assert base.with_img_shape((320, 320)).feat_shapes[:2] == ((40, 40), (20, 20))
+    with pytest.raises(ValueError, match="too small"):
+        base.with_img_shape((200, 200))  # block11 would be empty (SSD300 needs >= 257 pixels)
