@@ -80,6 +80,16 @@ def clip(bboxes: tf.Tensor, window: Sequence[float] | tf.Tensor = (0.0, 0.0, 1.0
     return tf.minimum(tf.maximum(bboxes, lo), hi)
 
 
+def _window_origin_scale(window: Sequence[float] | tf.Tensor,
+                         dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(ymin, xmin, ymin, xmin)`` and ``(h, w, h, w)`` of a window, each [..., 4]."""
+    window = tf.cast(tf.convert_to_tensor(window), dtype)
+    origin = tf.stack([window[..., 0], window[..., 1], window[..., 0], window[..., 1]], axis=-1)
+    h = window[..., 2] - window[..., 0]
+    w = window[..., 3] - window[..., 1]
+    return origin, tf.stack([h, w, h, w], axis=-1)
+
+
 def resize_to_window(bboxes: tf.Tensor, window: Sequence[float] | tf.Tensor) -> tf.Tensor:
     """Re-express boxes relative to ``window`` (both ``(ymin, xmin, ymax, xmax)``).
 
@@ -87,22 +97,14 @@ def resize_to_window(bboxes: tf.Tensor, window: Sequence[float] | tf.Tensor) -> 
     and, inverted by :func:`resize_from_window`, to map detections back through a padding.
     """
     bboxes = tf.convert_to_tensor(bboxes)
-    window = tf.cast(tf.convert_to_tensor(window), bboxes.dtype)
-    origin = tf.stack([window[..., 0], window[..., 1], window[..., 0], window[..., 1]], axis=-1)
-    h = window[..., 2] - window[..., 0]
-    w = window[..., 3] - window[..., 1]
-    scale = tf.stack([h, w, h, w], axis=-1)
+    origin, scale = _window_origin_scale(window, bboxes.dtype)
     return (bboxes - origin) / scale
 
 
 def resize_from_window(bboxes: tf.Tensor, window: Sequence[float] | tf.Tensor) -> tf.Tensor:
     """Inverse of :func:`resize_to_window`: boxes relative to ``window`` -> absolute."""
     bboxes = tf.convert_to_tensor(bboxes)
-    window = tf.cast(tf.convert_to_tensor(window), bboxes.dtype)
-    origin = tf.stack([window[..., 0], window[..., 1], window[..., 0], window[..., 1]], axis=-1)
-    h = window[..., 2] - window[..., 0]
-    w = window[..., 3] - window[..., 1]
-    scale = tf.stack([h, w, h, w], axis=-1)
+    origin, scale = _window_origin_scale(window, bboxes.dtype)
     return bboxes * scale + origin
 
 
