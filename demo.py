@@ -34,7 +34,7 @@ TARGET_MAP = 0.8
 # Measured (docs/demo.md): more generated images beat augmentation for a short training from
 # scratch (600 images overfit: trainval mAP 0.81, test 0.26 after 300 steps), and the trainer's
 # augmentation chains slow the learning down; so: 3,000 images, no augmentation.
-FULL = {"num_trainval": 3000, "num_test": 200, "steps": 1300, "batch_size": 16,
+FULL = {"num_trainval": 3000, "num_test": 200, "steps": 1000, "batch_size": 16,
         "learning_rate": 2e-3, "augmentation": "none", "num_detect": 8}
 QUICK = {"num_trainval": 400, "num_test": 40, "steps": 150, "batch_size": 16,
          "learning_rate": 2e-3, "augmentation": "none", "num_detect": 4}
@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the generated VOC-format dataset (reused when already there)")
     parser.add_argument("--quick", action="store_true",
                         help="a short smoke run: %s" % ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 1300, quick: 150)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 1000, quick: 150)")
     parser.add_argument("--batch_size", type=int, default=None, help="training batch size (default 16)")
     parser.add_argument("--num_trainval", type=int, default=None, help="trainval images to generate")
     parser.add_argument("--num_test", type=int, default=None, help="test images to generate")
