@@ -1,11 +1,11 @@
 """Training speed of the light SSD (SSDLite-MobileNetV2) on this CPU: the demo's goal is >= 20 img/s.
 
-    python bench/bench_demo.py [--steps 40] [--batch_size 32] [--models ssd_160_mobilenet_v2,ssd_300_mobilenet_v2]
+    python bench/bench_demo.py [--steps 40] [--batch_size 16] [--models ssd_160_mobilenet_v2,ssd_300_mobilenet_v2]
 
 For each model two figures, both from real runs:
 
 * ``script``: train_ssd_network.py in a subprocess, exactly as demo.py runs it (sample shapes
-  data converted with tf_convert_data.py, the 'original' augmentation, target encoding, Adam),
+  data converted with tf_convert_data.py, no augmentation as in the demo, target encoding, Adam),
   images per second read from the script's own log over the steps after the first (tracing) one;
 * ``step``: one compiled training step in this process (forward, SSD losses with hard negative
   mining, backward, Adam update) on a fixed batch with encoded targets: the network's share.
@@ -53,7 +53,7 @@ def script_speed(model: str, steps: int, batch_size: int, records: str, labels: 
     train_dir = os.path.join(workdir, f"train_{model}")
     cmd = [sys.executable, os.path.join(ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
            f"--dataset_dir={records}", "--dataset_name=voc", f"--labels_file={labels}",
-           "--dataset_split_name=trainval", f"--model_name={model}", "--augmentation=original",
+           "--dataset_split_name=trainval", f"--model_name={model}", "--augmentation=none",
            "--optimizer=adam", "--learning_rate=1e-3", "--warmup_steps=0",
            "--learning_rate_decay_type=fixed", "--weight_decay=4e-5", "--nodecay_l2norm_scale",
            f"--batch_size={batch_size}", f"--max_number_of_steps={steps}",
@@ -112,7 +112,7 @@ def step_speed(model: str, batch_size: int, rounds: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="training steps of the script run")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=16, help="the demo's batch size")
     parser.add_argument("--rounds", type=int, default=5, help="timed compiled steps")
     parser.add_argument("--models", default="ssd_160_mobilenet_v2,ssd_300_mobilenet_v2")
     parser.add_argument("--skip_script", action="store_true", help="only the in-process step")
