@@ -24,11 +24,12 @@ class SlimConv2D(keras.layers.Layer):
     fused oneDNN kernel inside a ``tf.function`` (measured in bench/bench_nets.py).
 
     Weights: ``kernel`` [kh, kw, in, out] (Glorot-uniform = slim's xavier_initializer),
-    ``bias`` [out] (zeros). ``padding`` is TensorFlow's 'SAME' or 'VALID'.
+    ``bias`` [out] (zeros; none with ``use_bias=False``). ``padding`` is TensorFlow's 'SAME' or 'VALID'.
     """
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: str = "SAME",
-                 dilation_rate: int = 1, activation: Optional[str] = "relu", **kwargs):
+                 dilation_rate: int = 1, activation: Optional[str] = "relu",
+                 use_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
         if activation not in ("relu", None):
             raise ValueError(f"activation is {activation!r}, but must be 'relu' or None.")
@@ -38,18 +39,22 @@ class SlimConv2D(keras.layers.Layer):
         self.padding = padding.upper()
         self.dilation_rate = int(dilation_rate)
         self.activation = activation
+        self.use_bias = bool(use_bias)
 
     def build(self, input_shape) -> None:
         in_channels = int(input_shape[-1])
         self.kernel = self.add_weight(
             name="kernel", shape=(self.kernel_size, self.kernel_size, in_channels, self.filters),
             initializer="glorot_uniform")
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        # No bias before a BatchNorm (its beta is the bias), as TF-Slim's conv2d with a normalizer.
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+                     if self.use_bias else None)
 
     def call(self, inputs):
         x = tf.nn.conv2d(inputs, self.kernel, strides=self.strides, padding=self.padding,
                          dilations=self.dilation_rate)
-        x = tf.nn.bias_add(x, self.bias)
+        if self.bias is not None:
+            x = tf.nn.bias_add(x, self.bias)
         if self.activation == "relu":
             x = tf.nn.relu(x)
         return x
@@ -71,7 +76,7 @@ class SlimConv2D(keras.layers.Layer):
         config = super().get_config()
         config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
                       padding=self.padding, dilation_rate=self.dilation_rate,
-                      activation=self.activation)
+                      activation=self.activation, use_bias=self.use_bias)
         return config
 
 

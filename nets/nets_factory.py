@@ -17,6 +17,7 @@ from nets import ssd_vgg
 _NETWORKS: dict[str, Callable[[], type]] = {
     "ssd_300_vgg": lambda: ssd_vgg.SSD300VGG,
     "ssd_512_vgg": lambda: ssd_vgg.SSD512VGG,
+    "ssd_160_vgg_lite": lambda: ssd_vgg.SSD160VGGLite,
 }
 
 

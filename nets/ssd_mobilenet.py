@@ -88,34 +88,6 @@ def ssd_300_mobilenet_v2_params() -> SSDParams:
     )
 
 
-def _ssd_rule_sizes(img_side: float, num_layers: int, first: float, min_ratio: int,
-                    max_ratio: int) -> tuple[tuple[float, float], ...]:
-    """Anchor (min, max) sizes in pixels by Caffe SSD's rule (ssd_pascal.py).
-
-    The first layer gets ``first`` (min) and ``min_ratio`` (max) percent of the image; the others
-    run from ``min_ratio`` in integer steps of ``floor((max_ratio - min_ratio) / (n - 2))``
-    percent, each max size being the next layer's min size.
-    """
-    step = (max_ratio - min_ratio) // (num_layers - 2)
-    ratios = [min_ratio + k * step for k in range(num_layers)]
-    sizes = [(img_side * first / 100, img_side * min_ratio / 100)]
-    sizes += [(img_side * ratios[k] / 100, img_side * ratios[k + 1] / 100)
-              for k in range(num_layers - 1)]
-    return tuple((round(a, 4), round(b, 4)) for a, b in sizes)
-
-
-# Anchor presets of the 160x160 demo size, by the same rules as SSD300's (DESIGN.md §7):
-# 'voc' = 10%, then 20%..90% (Caffe VOC), 'coco_ft' = 7%, then 15%..90% (the "_ft" models);
-# '*_caffe' floor them as Caffe's int PriorBox sizes do. Added to the shared preset table so
-# that recipes (--anchor_preset) and checkpoint sidecars work for this size like for 300/512.
-_PRESETS_160 = {"voc": _ssd_rule_sizes(160, 5, 10, 20, 90),
-                "coco_ft": _ssd_rule_sizes(160, 5, 7, 15, 90)}
-for _name in list(_PRESETS_160):
-    _PRESETS_160[_name + "_caffe"] = tuple((float(int(a)), float(int(b))) for a, b in _PRESETS_160[_name])
-ssd_params.ANCHOR_PRESETS.setdefault((160, 160), _PRESETS_160)
-del _name
-
-
 def ssd_160_mobilenet_v2_params() -> SSDParams:
     """The demo size, 160x160: feature maps 10, 5, 3, 2, 1 (three extra blocks), 624 anchors,
     'voc' preset sizes ((16, 32), (32, 68.8), (68.8, 105.6), (105.6, 142.4), (142.4, 179.2))."""

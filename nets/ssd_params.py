@@ -85,6 +85,23 @@ SSD512_EXTRA_BLOCKS = (
 # The '*_caffe' variants truncate every size to an int, as Caffe's PriorBox did for the
 #   published .caffemodels (DESIGN.md §7): anchors for a converted Caffe model must use them.
 #   For SSD300 'voc' sizes are already whole, so 'voc' == 'voc_caffe' there.
+def ssd_rule_sizes(img_side: float, num_layers: int, first: float, min_ratio: int,
+                   max_ratio: int) -> tuple[tuple[float, float], ...]:
+    """Anchor (min, max) sizes in pixels by Caffe SSD's rule (ssd_pascal.py).
+
+    The first layer gets ``first`` (min) and ``min_ratio`` (max) percent of the image; the others
+    run from ``min_ratio`` in integer steps of ``floor((max_ratio - min_ratio) / (n - 2))``
+    percent, each max size being the next layer's min size. E.g. ``ssd_rule_sizes(300, 6, 10,
+    20, 90)`` gives SSD300's 'voc' sizes (30, 60), (60, 111), ... (264, 315).
+    """
+    step = (max_ratio - min_ratio) // (num_layers - 2)
+    ratios = [min_ratio + k * step for k in range(num_layers)]
+    sizes = [(img_side * first / 100, img_side * min_ratio / 100)]
+    sizes += [(img_side * ratios[k] / 100, img_side * ratios[k + 1] / 100)
+              for k in range(num_layers - 1)]
+    return tuple((round(a, 4), round(b, 4)) for a, b in sizes)
+
+
 ANCHOR_PRESETS: dict[tuple[int, int], dict[str, tuple[tuple[float, float], ...]]] = {
     (300, 300): {
         "voc": ((30., 60.), (60., 111.), (111., 162.), (162., 213.), (213., 264.), (264., 315.)),
@@ -96,6 +113,10 @@ ANCHOR_PRESETS: dict[tuple[int, int], dict[str, tuple[tuple[float, float], ...]]
         "coco_ft": ((20.48, 51.2), (51.2, 133.12), (133.12, 215.04), (215.04, 296.96),
                     (296.96, 378.88), (378.88, 460.8), (460.8, 542.72)),
     },
+    # The light CPU nets' 160x160 input (5 feature layers), by the same rules:
+    # 'voc' (16, 32), (32, 68.8), (68.8, 105.6), (105.6, 142.4), (142.4, 179.2).
+    (160, 160): {"voc": ssd_rule_sizes(160, 5, 10, 20, 90),
+                 "coco_ft": ssd_rule_sizes(160, 5, 7, 15, 90)},
 }
 for _table in ANCHOR_PRESETS.values():
     for _name in list(_table):
@@ -302,6 +323,35 @@ def ssd_512_vgg_params() -> SSDParams:
         prior_scaling=DEFAULT_PRIOR_SCALING,
         anchor_preset=DEFAULT_ANCHOR_PRESET,
         extra_blocks=SSD512_EXTRA_BLOCKS,
+    )
+
+
+# The extra blocks of ssd_160_vgg_lite: 10 -> 5 -> 3 -> 1 (the last as SSD300's block11).
+SSD160_LITE_EXTRA_BLOCKS = (
+    ExtraBlock("block8", 128, 256, 3, 2, 1),
+    ExtraBlock("block9", 128, 256, 3, 2, 1),
+    ExtraBlock("block10", 128, 256, 3, 1, 0),
+)
+
+
+def ssd_160_vgg_lite_params() -> SSDParams:
+    """The light CPU net at 160x160: block4 (stride 8) and block7 (stride 16) as in SSD300,
+    then 5x5, 3x3 and 1x1 maps; 2,390 anchors with the (160, 160) 'voc' preset."""
+    return SSDParams(
+        img_shape=(160, 160),
+        num_classes=21,
+        no_annotation_label=21,
+        feat_layers=("block4", "block7", "block8", "block9", "block10"),
+        feat_shapes=((20, 20), (10, 10), (5, 5), (3, 3), (1, 1)),
+        anchor_size_bounds=(0.20, 0.90),
+        anchor_sizes=ANCHOR_PRESETS[(160, 160)][DEFAULT_ANCHOR_PRESET],
+        anchor_ratios=(_RATIOS_2, _RATIOS_23, _RATIOS_23, _RATIOS_2, _RATIOS_2),
+        anchor_steps=(8, 16, 32, 160 / 3, 160),
+        anchor_offset=0.5,
+        normalizations=(-1, -1, -1, -1, -1),  # BatchNorm trunk: no L2 normalization
+        prior_scaling=DEFAULT_PRIOR_SCALING,
+        anchor_preset=DEFAULT_ANCHOR_PRESET,
+        extra_blocks=SSD160_LITE_EXTRA_BLOCKS,
     )
 
 

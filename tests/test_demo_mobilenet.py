@@ -31,8 +31,8 @@ def test_registered_with_the_vgg_nets():
 
 def test_ssd_rule_reproduces_the_ssd300_presets():
     # Caffe ssd_pascal.py's rule, checked against the SSD300 preset table (DESIGN.md §7).
-    assert ssd_mobilenet._ssd_rule_sizes(300, 6, 10, 20, 90) == ssd_params.ANCHOR_PRESETS[(300, 300)]["voc"]
-    assert ssd_mobilenet._ssd_rule_sizes(300, 6, 7, 15, 90) == ssd_params.ANCHOR_PRESETS[(300, 300)]["coco_ft"]
+    assert ssd_params.ssd_rule_sizes(300, 6, 10, 20, 90) == ssd_params.ANCHOR_PRESETS[(300, 300)]["voc"]
+    assert ssd_params.ssd_rule_sizes(300, 6, 7, 15, 90) == ssd_params.ANCHOR_PRESETS[(300, 300)]["coco_ft"]
     # 160, 5 layers: 10% first, then 20 + 23k percent (step floor(70 / 3) = 23).
     assert ssd_params.ANCHOR_PRESETS[(160, 160)]["voc"] == (
         (16.0, 32.0), (32.0, 68.8), (68.8, 105.6), (105.6, 142.4), (142.4, 179.2))
