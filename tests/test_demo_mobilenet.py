@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from nets import checkpoints, nets_factory, ssd_mobilenet, ssd_params
+from tests import net_checks
 
 NUM_CLASSES = 5  # background + the 4 sample shapes
 
@@ -120,14 +121,7 @@ def test_save_load_round_trip_and_sidecar(net, tmp_path):
     meta = checkpoints.read_metadata(prefix)
     assert meta["model_name"] == "ssd_160_mobilenet_v2" and meta["num_classes"] == NUM_CLASSES
     assert meta["anchor_preset"] == "voc" and meta["img_shape"] == [160, 160]
-    model_name, params = checkpoints.checkpoint_params(prefix)
-    assert model_name == "ssd_160_mobilenet_v2" and params == net.params
-    twin = nets_factory.get_network(model_name)(params)
-    report = twin.load_checkpoint(prefix)
-    assert not report["missing"] and not report["unexpected"]
-    got = twin.flat_outputs(twin(images))
-    np.testing.assert_allclose(got["localisations"], expected["localisations"], atol=1e-5)
-    np.testing.assert_allclose(got["predictions"], expected["predictions"], atol=1e-6)
+    twin, got = net_checks.assert_reloads_identically(net, prefix, images, expected)
     det = twin.detected_bboxes(got, select_threshold=0.01)
     assert det["boxes"].shape == (1, 200, 4) and det["classes"].dtype == tf.int32
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nets import checkpoints, nets_factory, ssd_params, ssd_vgg
+from nets import nets_factory, ssd_params, ssd_vgg
+from tests import net_checks
 
 NAME = "ssd_160_vgg_lite"
 NUM_CLASSES = 5
@@ -132,14 +133,7 @@ def test_save_load_round_trip_and_other_input_size(net, tmp_path):
     prefix = net.save_checkpoint(str(tmp_path / "model.ckpt"))
     shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     assert shapes[f"{NAME}/conv4/conv4_2/BatchNorm/moving_variance"] == [128]
-    model_name, params = checkpoints.checkpoint_params(prefix)
-    assert model_name == NAME and params == net.params
-    twin = nets_factory.get_network(model_name)(params)
-    report = twin.load_checkpoint(prefix)
-    assert not report["missing"] and not report["unexpected"]
-    got = twin.flat_outputs(twin(images))
-    np.testing.assert_allclose(got["localisations"], expected["localisations"], atol=1e-5)
-    np.testing.assert_allclose(got["predictions"], expected["predictions"], atol=1e-6)
+    net_checks.assert_reloads_identically(net, prefix, images, expected)
     # Another input size (--train_image_size): feature maps follow compute_feat_shapes.
     big = type(net)(net.params.with_img_shape((192, 192)))
     assert big.params.feat_shapes == ((24, 24), (12, 12), (6, 6), (3, 3), (1, 1))
