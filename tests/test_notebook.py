@@ -1,6 +1,6 @@
 """notebooks/ssd_notebook.ipynb executed headless (nbclient), top to bottom.
 
-With a planted ssd_160_mobilenet_v2 checkpoint (all weights zero but one class bias), the
+With a planted ssd_160_vgg_lite checkpoint (the demo's net; all weights zero but one class bias), the
 notebook's detection table must show the one detection known by hand; with the published
 ssd_300_vgg checkpoint absent it must say where to get it and still run to the end.
 """
@@ -25,17 +25,17 @@ NUM_CLASSES = 5
 
 
 def _planted_checkpoint(path: str) -> str:
-    """Zero weights: every head outputs its biases. extra3_box (1x1 map, step 160, 'voc' min size
-    142.4 of 160) anchor 0 gets logit 10 for class 2 ('square'): score e^10 / (e^10 + 4) =
-    0.999818 at the anchor box (0.055, 0.055, 0.945, 0.945)."""
-    cls = nets_factory.get_network("ssd_160_mobilenet_v2")
+    """Zero weights (BatchNorm gammas included): every head outputs its biases. block10_box (1x1
+    map, step 160, 'voc' min size 142.4 of 160) anchor 0 gets logit 10 for class 2 ('square'):
+    score e^10 / (e^10 + 4) = 0.999818 at the anchor box (0.055, 0.055, 0.945, 0.945)."""
+    cls = nets_factory.get_network("ssd_160_vgg_lite")
     net = cls(dataclasses.replace(cls.default_params, num_classes=NUM_CLASSES,
                                   no_annotation_label=NUM_CLASSES))
     for v in net.weights:
         v.assign(tf.zeros_like(v))
     bias = np.zeros(4 * NUM_CLASSES, np.float32)
     bias[2] = 10.0
-    net.variables_by_checkpoint_name()["ssd_160_mobilenet_v2/extra3_box/conv_cls/biases"].assign(bias)
+    net.variables_by_checkpoint_name()["ssd_160_vgg_lite/block10_box/conv_cls/biases"].assign(bias)
     return net.save_checkpoint(path)
 
 
@@ -75,9 +75,9 @@ def test_notebook_runs_with_a_checkpoint(sample, monkeypatch):
         "SSD_IMAGE": os.path.join(root, "JPEGImages", "test_000001.jpg"),
         "SSD_LABELS": os.path.join(root, "labels.txt"),
     }, monkeypatch))
-    assert "Loaded ssd_160_mobilenet_v2" in texts
+    assert "Loaded ssd_160_vgg_lite" in texts
     assert "circle, square, triangle, star" in texts
-    assert "624 anchors in 5 feature layers" in texts
+    assert "2390 anchors in 5 feature layers" in texts  # 20x20x4 + 10x10x6 + 5x5x6 + 3x3x4 + 4
     assert "1 detections with score >= 0.5" in texts
     # 240x320 image: 0.055 * 240 = 13.2, 0.055 * 320 = 17.6, 0.945 * 240 = 226.8, 0.945 * 320 = 302.4
     assert "square       1.000  (ymin, xmin, ymax, xmax) = (13.2, 17.6, 226.8, 302.4) px" in texts
