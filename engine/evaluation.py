@@ -908,10 +908,12 @@ class CheckpointEvaluator:
                  check_size: bool = False,
                  evaluator_factory: Callable[..., Any] = default_evaluator_factory,
                  write_tensorboard: bool = True,
-                 net: Any = None):
+                 net: Any = None,
+                 dtype_policy: str | None = None):
         """Args: see the module and :class:`EvalConfig`; ``dataset_spec`` is a
         ``datasets.dataset_factory.DatasetSpec`` (``read()``, ``labels_to_names``,
-        ``split_name``, ``num_classes``); ``net`` skips building (tests, notebooks)."""
+        ``split_name``, ``num_classes``); ``net`` skips building (tests, notebooks);
+        ``dtype_policy`` (e.g. ``'mixed_bfloat16'``) is the Keras policy of the net built."""
         self.model_name = model_name
         self.dataset_spec = dataset_spec
         self.preprocess_fn = preprocess_fn
@@ -926,6 +928,7 @@ class CheckpointEvaluator:
         self.evaluator_factory = evaluator_factory
         self.write_tensorboard = write_tensorboard
         self.net = net
+        self.dtype_policy = dtype_policy
         self.metadata: dict | None = None
         self.labels_to_names = {int(k): str(v) for k, v in dataset_spec.labels_to_names.items()}
         self._detect_fn: DetectFn | None = None
@@ -943,9 +946,10 @@ class CheckpointEvaluator:
             params = resolve_params(self.model_name, metadata=metadata, checkpoint=prefix,
                                     default_num_classes=self.dataset_spec.num_classes,
                                     **self.flags)
-            self.net = nets_factory.get_network(self.model_name)(params)
-            logger.info("Built %s: %d classes, anchor preset %r, input %s.", self.model_name,
-                        params.num_classes, params.anchor_preset, tuple(params.img_shape))
+            self.net = nets_factory.get_network(self.model_name)(params, dtype_policy=self.dtype_policy)
+            logger.info("Built %s: %d classes, anchor preset %r, input %s%s.", self.model_name,
+                        params.num_classes, params.anchor_preset, tuple(params.img_shape),
+                        f", {self.dtype_policy}" if self.dtype_policy else "")
         self.metadata = metadata
         params = self.net.params
         if params.num_classes < self.dataset_spec.num_classes:

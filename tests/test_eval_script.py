@@ -138,6 +138,27 @@ def test_end_to_end_metrics_devkit_and_summaries(data, tmp_path):
     assert tags["AP_VOC12/mAP"][0] == 500
 
 
+def test_mixed_precision_bfloat16_gives_the_same_metrics(data, tmp_path):
+    """--mixed_precision=bfloat16 builds a mixed_bfloat16 net; the planted detections survive
+    bfloat16 (logits 10..7 are exact, box offsets round by < 0.4%): same metrics as the reference."""
+    root, fx, flags = data
+    net = plant_ssd(BOXES, LABELS, LOGITS, num_classes=4)
+    prefix = net.save_checkpoint(str(tmp_path / "train" / "model.ckpt-7"))
+    eval_dir, dets_dir = tmp_path / "eval_bf16", tmp_path / "dets_bf16"
+    result = _run(flags + [f"--checkpoint_path={prefix}", f"--eval_dir={eval_dir}",
+                           f"--detections_dir={dets_dir}", "--batch_size=4",
+                           "--mixed_precision=bfloat16"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mixed_bfloat16" in result.stderr
+    record = json.load(open(eval_dir / "metrics.json"))
+    order = list(dict.fromkeys(line.split()[0] for line in open(dets_dir / "comp4_det_test_cat.txt")))
+    ref = _expected(fx, order)
+    assert record["mAP_VOC07"] == pytest.approx(ref["mAP_VOC07"], abs=1e-6)
+    assert record["mAP_VOC12"] == pytest.approx(ref["mAP_VOC12"], abs=1e-6)
+    bad = _run(flags + [f"--checkpoint_path={prefix}", "--mixed_precision=float64"])
+    assert bad.returncode != 0 and "mixed_precision" in bad.stderr
+
+
 def test_bad_input_gives_one_line_and_exit_code(data, tmp_path):
     root, fx, flags = data
     result = _run(flags + [f"--checkpoint_path={tmp_path / 'missing.ckpt'}"])
