@@ -4,20 +4,27 @@ A network class is a ``keras.Model`` subclass with the class attributes ``model_
 (the registry name, also its checkpoint scope) and ``default_params`` (an ``SSDParams``),
 built as ``cls(params, dtype_policy=None)`` and offering the API of DESIGN.md §3
 (``anchors()``, ``flat_outputs()``, ``detected_bboxes()``, ``load_checkpoint()``,
-``save_checkpoint()``, ``checkpoint_name_map()``). New variants (e.g. a light
-``ssd_300_mobilenet_v2``) register with :func:`register_network`.
+``save_checkpoint()``, ``checkpoint_name_map()``). The project's nets are listed below
+(their modules are imported on first use); others register with :func:`register_network`.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
-from nets import ssd_vgg
+
+def _lazy(module: str, class_name: str) -> Callable[[], type]:
+    """A loader that imports ``nets.<module>`` only when the net is asked for."""
+    return lambda: getattr(importlib.import_module(f"nets.{module}"), class_name)
+
 
 # name -> zero-argument loader returning the class (loaders keep registration lazy-friendly).
 _NETWORKS: dict[str, Callable[[], type]] = {
-    "ssd_300_vgg": lambda: ssd_vgg.SSD300VGG,
-    "ssd_512_vgg": lambda: ssd_vgg.SSD512VGG,
-    "ssd_160_vgg_lite": lambda: ssd_vgg.SSD160VGGLite,
+    "ssd_300_vgg": _lazy("ssd_vgg", "SSD300VGG"),
+    "ssd_512_vgg": _lazy("ssd_vgg", "SSD512VGG"),
+    "ssd_160_vgg_lite": _lazy("ssd_vgg", "SSD160VGGLite"),
+    "ssd_300_mobilenet_v2": _lazy("ssd_mobilenet", "SSD300MobileNetV2"),
+    "ssd_160_mobilenet_v2": _lazy("ssd_mobilenet", "SSD160MobileNetV2"),
 }
 
 
@@ -50,5 +57,3 @@ def get_network(name: str) -> type:
         raise ValueError(f"Network class {cls.__name__} has model_name "
                          f"{getattr(cls, 'model_name', None)!r}, registered as {name!r}.")
     return cls
-
-from nets import ssd_mobilenet  # noqa: E402,F401  registers ssd_300_mobilenet_v2, ssd_160_mobilenet_v2

@@ -372,14 +372,3 @@ class SSD160MobileNetV2(SSDMobileNetV2):
     default_params = ssd_160_mobilenet_v2_params()
     alpha = 1.0
 
-
-def _register() -> None:
-    """Add the SSDLite nets to the registry (nets_factory imports this module for that)."""
-    from nets import nets_factory
-
-    for cls in (SSD300MobileNetV2, SSD160MobileNetV2):
-        if cls.model_name not in nets_factory.network_names():
-            nets_factory.register_network(cls.model_name, cls)
-
-
-_register()

@@ -258,21 +258,35 @@ class SSDParams:
                                    anchor_preset=preset)
 
 
+# How many stride-2 steps (each ``ceil(n / 2)``: VGG's SAME 2x2 pools, MobileNetV2's padded
+# stride-2 convs) lie before each trunk end point a feature layer can use.
+TRUNK_DOWNSAMPLINGS = {
+    # VGG-16 and the light VGG: block1 at the input size, pool1..pool4 after blocks 1..4,
+    # pool5 (3x3, stride 1), conv6 and conv7 keep the size.
+    "block1": 0, "block2": 1, "block3": 2, "block4": 3, "block5": 4, "block6": 4, "block7": 4,
+    # MobileNetV2 (nets/ssd_mobilenet.py): block 13's expansion at stride 16, Conv_1 at 32.
+    "expanded_conv_13_expansion": 4, "Conv_1": 5,
+}
+
+
 def compute_feat_shapes(img_shape: Sequence[int], feat_layers: Sequence[str],
                         extra_blocks: Sequence[ExtraBlock]) -> tuple[tuple[int, int], ...]:
     """Feature-map (h, w) of each layer in ``feat_layers`` for an input ``img_shape``.
 
-    VGG-16: 3x3 SAME convs keep the size, pool1..pool4 (2x2, stride 2, SAME = Caffe's ceil
-    mode) halve it rounding up, pool5 (3x3, stride 1) and conv6/conv7 keep it; the extra
-    blocks follow :meth:`ExtraBlock.output_size`.
+    Trunk end points (:data:`TRUNK_DOWNSAMPLINGS`) halve the size rounding up once per stride-2
+    step before them; the extra blocks follow :meth:`ExtraBlock.output_size`, starting from the
+    deepest trunk end point among ``feat_layers`` (VGG's block7, MobileNetV2's Conv_1).
     """
-    sizes: dict[str, tuple[int, int]] = {}
-    h, w = int(img_shape[0]), int(img_shape[1])
-    for i in range(1, 6):
-        sizes[f"block{i}"] = (h, w)
-        if i < 5:
+    def downsampled(steps: int) -> tuple[int, int]:
+        h, w = int(img_shape[0]), int(img_shape[1])
+        for _ in range(steps):
             h, w = -(-h // 2), -(-w // 2)
-    sizes["block6"] = sizes["block7"] = (h, w)
+        return h, w
+
+    sizes = {name: downsampled(steps) for name, steps in TRUNK_DOWNSAMPLINGS.items()}
+    deepest = max((TRUNK_DOWNSAMPLINGS[n] for n in feat_layers if n in TRUNK_DOWNSAMPLINGS),
+                  default=TRUNK_DOWNSAMPLINGS["block7"])
+    h, w = downsampled(deepest)
     for block in extra_blocks:
         h, w = block.output_size(h), block.output_size(w)
         if h < 1 or w < 1:

@@ -160,3 +160,19 @@ def test_keras_imagenet_weights_file(net, tmp_path):
                                   reference.get_layer("Conv_1_bn").moving_variance)
     with pytest.raises(FileNotFoundError):
         twin.load_checkpoint(str(tmp_path / "absent.h5"))
+
+
+def test_other_input_size_for_train_image_size():
+    """--train_image_size works for the MobileNet nets: 224 -> stride 16: 14, stride 32: 7, then
+    the extra blocks (pad 1, 3x3, stride 2) 4, 2, 1; the built net has those maps."""
+    from engine import training
+
+    default = nets_factory.get_network("ssd_160_mobilenet_v2").default_params
+    params = training.net_params_for(default, NUM_CLASSES, 224, None)
+    assert params.img_shape == (224, 224)
+    assert params.feat_shapes == ((14, 14), (7, 7), (4, 4), (2, 2), (1, 1))
+    assert params.anchor_sizes == default.anchor_sizes  # kept in pixels
+    net = nets_factory.get_network("ssd_160_mobilenet_v2")(params)
+    out = net(tf.zeros([1, 224, 224, 3]))
+    assert [tuple(t.shape[1:3]) for t in out["logits"]] == list(params.feat_shapes)
+    assert net.anchors().shape[0] == params.num_anchors
