@@ -101,6 +101,10 @@ class NonFiniteLossError(DataError):
 # Configuration
 # ---------------------------------------------------------------------------------------
 
+_OPT = opt_lib.OptimizerSettings()
+_LR = opt_lib.LearningRateSettings()
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run; names follow the original flags.
@@ -139,25 +143,26 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     bias_lr_mult: Optional[float] = None
     decay_l2norm_scale: Optional[bool] = None
-    momentum: float = 0.9
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    opt_epsilon: float = opt_lib.DEFAULT_OPT_EPSILON
-    adadelta_rho: float = 0.95
-    adagrad_initial_accumulator_value: float = 0.1
-    ftrl_learning_rate_power: float = -0.5
-    ftrl_initial_accumulator_value: float = 0.1
-    ftrl_l1: float = 0.0
-    ftrl_l2: float = 0.0
-    rmsprop_momentum: float = 0.9
-    rmsprop_decay: float = 0.9
+    # The optimizers' own hyper-parameters: defaults from OptimizerSettings (one place).
+    momentum: float = _OPT.momentum
+    adam_beta1: float = _OPT.adam_beta1
+    adam_beta2: float = _OPT.adam_beta2
+    opt_epsilon: float = _OPT.opt_epsilon
+    adadelta_rho: float = _OPT.adadelta_rho
+    adagrad_initial_accumulator_value: float = _OPT.adagrad_initial_accumulator_value
+    ftrl_learning_rate_power: float = _OPT.ftrl_learning_rate_power
+    ftrl_initial_accumulator_value: float = _OPT.ftrl_initial_accumulator_value
+    ftrl_l1: float = _OPT.ftrl_l1
+    ftrl_l2: float = _OPT.ftrl_l2
+    rmsprop_momentum: float = _OPT.rmsprop_momentum
+    rmsprop_decay: float = _OPT.rmsprop_decay
     moving_average_decay: Optional[float] = None
     # Learning rate.
     learning_rate_decay_type: Optional[str] = None
     learning_rate: Optional[float] = None
-    end_learning_rate: float = 1e-4
-    learning_rate_decay_factor: float = 0.94
-    num_epochs_per_decay: float = 2.0
+    end_learning_rate: float = _LR.end_learning_rate
+    learning_rate_decay_factor: float = _LR.decay_factor
+    num_epochs_per_decay: float = _LR.num_epochs_per_decay
     learning_rate_boundaries: Optional[tuple[int, ...]] = None
     learning_rate_values: Optional[tuple[float, ...]] = None
     warmup_steps: Optional[int] = None
