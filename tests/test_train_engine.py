@@ -323,3 +323,36 @@ def test_vgg16_fc_layers_of_excluded_conv6_conv7_are_not_a_mismatch():
     other = CheckpointMismatchError("x", unexpected=["vgg_16/fc6/weights"],
                                     missing=["ssd_300_vgg/conv1/conv1_1/weights"])
     assert not training._only_excluded_fc_layers(other, "vgg_16", "ssd_300_vgg", readme)
+
+
+def test_each_input_pipeline_draws_its_own_augmentations(tmp_path):
+    """With 2 input pipelines (multi-worker) both read the same one-image dataset: the k-th
+    examples must still get different crops/flips/colours (a seed per pipeline), and the same
+    pipeline twice must give the same batch (seeded)."""
+    from datasets import dataset_factory, pascalvoc_to_tfrecords, sample_data
+    from nets import nets_factory
+
+    data = str(tmp_path / "data")
+    sample_data.generate(data, num_trainval=1, num_test=0, seed=3)
+    pascalvoc_to_tfrecords.convert_voc(data, str(tmp_path / "records"), "trainval",
+                                       class_names=sample_data.CLASSES, split="trainval",
+                                       num_workers=1)
+    spec = dataset_factory.get_dataset("voc", "trainval", str(tmp_path / "records"),
+                                       labels_file=os.path.join(data, "labels.txt"))
+    config = training.TrainConfig(model_name="ssd_160_vgg_lite", augmentation="caffe",
+                                  num_readers=1, num_preprocessing_threads=1).resolved()
+    params = nets_factory.get_network("ssd_160_vgg_lite").default_params.with_num_classes(5)
+    anchors = nets_factory.get_network("ssd_160_vgg_lite")(params).anchors()
+    dataset_fn = training._make_dataset_fn(config, spec, params, anchors, global_batch=8, seed=5)
+
+    def first_images(pipeline_id):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                         num_replicas_in_sync=2)
+        images, _ = next(iter(dataset_fn(ctx)))
+        return images.numpy()
+
+    first, second, again = first_images(0), first_images(1), first_images(0)
+    assert first.shape == (4, 160, 160, 3)
+    np.testing.assert_array_equal(first, again)
+    for k in range(4):  # the same source image, augmented differently by each pipeline
+        assert np.abs(first[k] - second[k]).mean() > 1.0
