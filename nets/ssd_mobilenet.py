@@ -40,14 +40,10 @@ from nets.ssd_params import ExtraBlock, SSDParams
 
 # The ImageNet means of DESIGN.md §5 (Caffe SSD's 123, 117, 104), added back inside the net.
 _RGB_MEANS = (123.0, 117.0, 104.0)
-# BatchNorm moving-average momentum. keras.applications.MobileNetV2 uses 0.999 and Keras' default is
-# 0.99: both keep the moving statistics near their initial values (variance 1) for hundreds or
-# thousands of steps, while the real first-layer variances are ~1e-3, so a net trained from
-# scratch for a few hundred steps is useless at inference (measured: loss 0.18 in training mode,
-# 215 in inference mode after 120 steps at 0.99). 0.9 is PyTorch's default (its momentum=0.1).
-BATCH_NORM_MOMENTUM = 0.9
-# keras.applications' BatchNormalization epsilon for MobileNetV2 (TF-Slim used 0.001 too).
-_BATCH_NORM_EPSILON = 1e-3
+# BatchNorm momentum and epsilon: the light VGG's (nets/ssd_vgg.py says why 0.9, not
+# keras.applications' 0.999); the epsilon is also keras.applications' for MobileNetV2.
+BATCH_NORM_MOMENTUM = ssd_vgg.BATCH_NORM_MOMENTUM
+_BATCH_NORM_EPSILON = ssd_vgg.BATCH_NORM_EPSILON
 
 # Keras MobileNetV2 weight attribute -> TF-Slim variable name, per layer type.
 _BN_SUFFIX = ("gamma", "beta", "moving_mean", "moving_variance")

@@ -78,13 +78,7 @@ SSD512_EXTRA_BLOCKS = (
     ExtraBlock("block12", 128, 256, 4, 1, 1),   # Caffe conv10_2: kernel 4, pad 1: 2 -> 1
 )
 
-# Anchor sizes in pixels of the input image, (min_size, max_size) per feature layer.
-# 'voc': Caffe SSD's VOC0712 models (ssd_pascal.py: conv4_3 at 10%, then 20%..90% of 300 in
-#   steps of 17%; for 512: 7%, then 15%..90%). 'coco_ft': the COCO / "_ft" models and the
-#   original TF project's defaults (300: 7%, then 15%..90% in steps of 18%; 512: 4%, 10%..90%).
-# The '*_caffe' variants truncate every size to an int, as Caffe's PriorBox did for the
-#   published .caffemodels (DESIGN.md §7): anchors for a converted Caffe model must use them.
-#   For SSD300 'voc' sizes are already whole, so 'voc' == 'voc_caffe' there.
+
 def ssd_rule_sizes(img_side: float, num_layers: int, first: float, min_ratio: int,
                    max_ratio: int) -> tuple[tuple[float, float], ...]:
     """Anchor (min, max) sizes in pixels by Caffe SSD's rule (ssd_pascal.py).
@@ -102,6 +96,13 @@ def ssd_rule_sizes(img_side: float, num_layers: int, first: float, min_ratio: in
     return tuple((round(a, 4), round(b, 4)) for a, b in sizes)
 
 
+# Anchor sizes in pixels of the input image, (min_size, max_size) per feature layer.
+# 'voc': Caffe SSD's VOC0712 models (ssd_pascal.py: conv4_3 at 10%, then 20%..90% of 300 in
+#   steps of 17%; for 512: 7%, then 15%..90%). 'coco_ft': the COCO / "_ft" models and the
+#   original TF project's defaults (300: 7%, then 15%..90% in steps of 18%; 512: 4%, 10%..90%).
+# The '*_caffe' variants truncate every size to an int, as Caffe's PriorBox did for the
+#   published .caffemodels (DESIGN.md §7): anchors for a converted Caffe model must use them.
+#   For SSD300 'voc' sizes are already whole, so 'voc' == 'voc_caffe' there.
 ANCHOR_PRESETS: dict[tuple[int, int], dict[str, tuple[tuple[float, float], ...]]] = {
     (300, 300): {
         "voc": ((30., 60.), (60., 111.), (111., 162.), (162., 213.), (213., 264.), (264., 315.)),

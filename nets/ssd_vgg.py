@@ -33,9 +33,12 @@ VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 _SLIM_SUFFIX = {"kernel": "weights", "bias": "biases", "gamma": "gamma", "beta": "beta",
                 "moving_mean": "moving_mean", "moving_variance": "moving_variance"}
 
-# BatchNorm of the batch-normalized trunks: PyTorch's momentum (Keras' 0.99 leaves the moving
-# statistics of a net trained from scratch for a few hundred steps near their initial values,
-# see nets/ssd_mobilenet.py) and TF-Slim's epsilon.
+# BatchNorm of the batch-normalized nets (light VGG, MobileNetV2). Momentum: keras.applications'
+# 0.999 and Keras' default 0.99 keep the moving statistics near their initial values (variance
+# 1) for hundreds or thousands of steps, while the real first-layer variances are ~1e-3, so a
+# net trained from scratch for a few hundred steps is useless at inference (measured: loss 0.18
+# in training mode, 215 in inference mode after 120 steps at 0.99); 0.9 is PyTorch's default
+# (its momentum=0.1). Epsilon: TF-Slim's.
 BATCH_NORM_MOMENTUM = 0.9
 BATCH_NORM_EPSILON = 1e-3
 
@@ -354,7 +357,7 @@ class SSD160VGGLite(SSDVGG):
     """The light VGG for CPUs (the demo net): :data:`LITE_TRUNK` with BatchNorm at 160x160,
     feature maps 20, 10, 5, 3, 1 (block4, block7 and three extra blocks), 2,390 anchors.
 
-    Trains from scratch at about 100 images/s on a 2-core CPU (bench/bench_demo.py).
+    Trains from scratch at about 80 images/s on a 2-core CPU (bench/bench_demo.py).
     """
 
     model_name = "ssd_160_vgg_lite"
