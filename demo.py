@@ -12,7 +12,7 @@ Runs the project's own scripts, as a user would, one after the other:
 
 Everything goes under ``demo_output/`` (and ``sample_data/``); each stage's full output is in
 ``demo_output/logs/<stage>.log``. The goal on a 2-core CPU is 10 minutes or less in all and a
-VOC07 mAP of 0.8 or more (measured: about 0.96 in about 5 minutes; docs/demo.md).
+VOC07 mAP of 0.8 or more (measured: 0.96 in about 4 minutes; docs/demo.md).
 ``--quick`` is a smoke run of under two minutes (small data, 150 steps).
 Exit codes: 0 done, 1 a stage failed, 2 bad arguments.
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import statistics
@@ -151,7 +152,6 @@ def run_demo(workdir: str) -> None:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"demo.py failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    import json
     with open(os.path.join(out, "eval", "metrics.json"), encoding="utf-8") as f:
         mean_ap = json.load(f)["mAP_VOC07"]
     stages = re.search(r"Done in .*", proc.stdout)

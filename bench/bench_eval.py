@@ -8,7 +8,8 @@ What is timed, on the same images in the same run:
    preprocessing (warp resize to 300x300), the batched detector (network + post-processing
    in one tf.function), the NumPy transfer and the VOC metrics (``VOCEvaluator`` updates and
    the final ``result()``);
-2. the network alone (``net(images)`` in a tf.function) on the same batches held in memory;
+2. the network alone (``net.inference_function``, weights frozen as evaluation runs it) on the
+   same batches held in memory;
 3. the detector (network + ``detected_bboxes`` + mapping to the image) on those batches.
 
 Share outside the network = 1 - (2) / (1). The goal is <= 10%. Because the machine may be
@@ -77,10 +78,9 @@ def main() -> None:
         preprocess = preprocessing_factory.get_preprocessing("ssd_300_vgg", is_training=False)
         dataset = ev.make_eval_dataset(spec.read(), preprocess, net.params.img_shape,
                                        args.batch_size)
-        detect = ev.make_detect_fn(net, config)
-        height, width = net.params.img_shape
-        forward = tf.function(lambda images: net(images, training=False),
-                              input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
+        # As eval_ssd_network.py runs it: the weights frozen into the graph (EvalConfig).
+        detect = ev.make_detect_fn(net, config, frozen=config.freeze_weights)
+        forward = net.inference_function(frozen=config.freeze_weights)
 
         # The same batches, in memory, for the network-only and detector-only timings.
         batches = list(dataset)
