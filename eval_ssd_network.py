@@ -217,11 +217,12 @@ def main(argv: list[str]) -> None:
         _fail(130, "interrupted")
     except Exception as err:  # One clear line for data/checkpoint problems, no traceback.
         from engine import evaluation
+        from tf_extended.errors import describe_error
 
         code = USAGE_ERROR if isinstance(err, evaluation.SettingsError) else DATA_ERROR
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             logging.exception("Evaluation failed")
-        _fail(code, evaluation.describe_error(err))
+        _fail(code, describe_error(err))
     sys.exit(code)
 
 

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -149,22 +148,6 @@ def _gpu_total_memory_mb(index: int) -> int | None:
         return int(float(out.stdout.strip().splitlines()[0]))
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-
-
-def describe_error(err: BaseException) -> str:
-    """One readable message for a failure (TF errors: their first line, without the op trace)."""
-    if isinstance(err, tf.errors.OpError):
-        text = (err.message or "").strip()
-        lines = [line for line in text.splitlines() if line.strip()]
-        line = lines[0] if lines else type(err).__name__
-        # Drop TF's wrapping: "{{function_node ...}} Error in user-defined function passed to
-        # ... transformation ...: assertion failed: [what we said]".
-        line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
-        if "assertion failed:" in line:
-            line = line.split("assertion failed:", 1)[1].strip()
-        return line
-    text = str(err).strip()
-    return text or type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from nets import checkpoints, nets_factory
+from tf_extended.errors import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,7 @@ def load_image(path: str) -> np.ndarray:
         data = tf.io.read_file(path)
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
-        message = err.message.strip().splitlines()[0] if err.message else type(err).__name__
-        raise ValueError(f"{path}: not a readable image ({message}).") from None
+        raise ValueError(f"{path}: not a readable image ({describe_error(err)}).") from None
     return image.numpy()
 
 

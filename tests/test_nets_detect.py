@@ -124,6 +124,9 @@ def test_detect_script_errors(planted, tmp_path):
                       str(bad))
     assert data.returncode == 1 and "broken.jpg: not a readable image" in data.stderr
     assert "Traceback" not in data.stderr
+    # TF's wrapping (function_node prefix, [Op:...] suffix) is dropped: a readable line.
+    assert "Unknown image file format" in data.stderr
+    assert "[Op:" not in data.stderr and "function_node" not in data.stderr
     mismatch = run_script("detect.py", f"--checkpoint_path={prefix}", "--num_classes=81",
                           f"--output_dir={tmp_path}", jpg)
     assert mismatch.returncode == 1 and "are for 21 classes, this net has 81" in mismatch.stderr
