@@ -29,6 +29,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from fileio import atomic
+from fileio.checkpoint_files import (CheckpointNotFoundError, open_reader, read_tensor,
+                                     resolve_checkpoint, write_state_file)
 from nets import ssd_params as ssd_params_lib
 from nets.ssd_params import SSDParams
 
@@ -40,7 +43,7 @@ TRAINING_CHECKPOINT_KEY = "model"
 # TF-Slim scope of the ImageNet VGG-16 checkpoint (vgg_16.ckpt from TF-Slim's model zoo).
 VGG16_SCOPE = "vgg_16"
 # Variables of vgg_16.ckpt that an SSD net does not use (ImageNet classifier, bookkeeping).
-_VGG16_UNUSED = ("vgg_16/fc8", "vgg_16/mean_rgb", "global_step")
+_VGG16_UNUSED = (f"{VGG16_SCOPE}/fc8", f"{VGG16_SCOPE}/mean_rgb", "global_step")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _MAX_LISTED = 30
 
@@ -60,36 +63,6 @@ class CheckpointMismatchError(ValueError):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.wrong_shape = list(wrong_shape)
-
-
-# -- paths ---------------------------------------------------------------------------------
-
-def resolve_checkpoint(path: str) -> str:
-    """Checkpoint prefix for ``path`` (a prefix, one of its files, or a directory).
-
-    A directory gives its latest checkpoint: the one named by its ``checkpoint`` state file,
-    else the newest ``*.index``. Raises FileNotFoundError naming ``path`` when none exists.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        prefix = tf.train.latest_checkpoint(path)
-        if prefix and os.path.exists(prefix + ".index"):
-            return prefix
-        indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index")),
-                         key=os.path.getmtime)
-        if not indexes:
-            raise FileNotFoundError(f"{path}: directory holds no checkpoint (no *.index file).")
-        return indexes[-1][: -len(".index")]
-    for suffix in (".index", SIDECAR_SUFFIX):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-    if ".data-" in os.path.basename(path):
-        path = path[: path.rindex(".data-")]
-    if not os.path.exists(path + ".index"):
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise FileNotFoundError(f"{path}: not a TF checkpoint (no {path}.index next to it).")
-        raise FileNotFoundError(f"{path}: checkpoint not found (no {path}.index).")
-    return path
 
 
 # -- metadata sidecar ----------------------------------------------------------------------
@@ -116,20 +89,14 @@ def metadata_for(model_name: str, params: SSDParams) -> dict[str, Any]:
 
 def write_metadata(prefix: str, model_name: str, params: SSDParams) -> str:
     """Write ``<prefix>.ssd.json`` atomically; returns its path."""
-    path = prefix + SIDECAR_SUFFIX
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(metadata_for(model_name, params), f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(prefix + SIDECAR_SUFFIX, metadata_for(model_name, params))
 
 
 def read_metadata(prefix: str) -> Optional[dict[str, Any]]:
     """The sidecar of a checkpoint (prefix, file or directory) as a dict; None when absent."""
     try:
         prefix = resolve_checkpoint(prefix)
-    except FileNotFoundError:
+    except CheckpointNotFoundError:
         pass
     path = prefix + SIDECAR_SUFFIX
     if not os.path.exists(path):
@@ -176,13 +143,11 @@ def params_from_metadata(metadata: Mapping[str, Any], base: SSDParams) -> SSDPar
     return dataclasses.replace(base, **replace)
 
 
-def infer_num_classes(path: str, model_name: str) -> Optional[int]:
-    """Number of classes of a TF1 checkpoint's first class head, or None if it has none."""
-    from nets import nets_factory
-
+def class_head_size(path: str, model_name: str, params: SSDParams) -> Optional[int]:
+    """Number of classes of a TF1 checkpoint's first class head (a ``model_name`` net built
+    from ``params`` would read it), or None if it has none."""
     prefix = resolve_checkpoint(path)
-    reader = tf.train.load_checkpoint(prefix)
-    params = nets_factory.get_network(model_name).default_params
+    reader = open_reader(prefix)
     name = f"{model_name}/{params.feat_layers[0]}_box/conv_cls/biases"
     if not reader.has_tensor(name):
         return None
@@ -190,36 +155,59 @@ def infer_num_classes(path: str, model_name: str) -> Optional[int]:
     return size // params.num_anchors_per_location[0]
 
 
-def checkpoint_params(path: str, model_name: Optional[str] = None,
-                      num_classes: Optional[int] = None,
-                      anchor_preset: Optional[str] = None) -> tuple[str, SSDParams]:
-    """``(model_name, params)`` to build a net that loads the checkpoint at ``path``.
+def checkpoint_scopes(path: str) -> tuple[bool, list[str]]:
+    """(is object-based, top-level scopes of its variable names, most frequent first).
 
-    Each value comes from the argument when given, else the checkpoint's sidecar, else (for
-    checkpoints without one, such as the published ``ssd_300_vgg.ckpt``) the checkpoint's
-    variables (model scope, class-head size), else the network defaults. Note that a
-    checkpoint without a sidecar cannot tell its anchor preset: the published
-    ``ssd_300_vgg.ckpt`` needs ``anchor_preset='coco_ft'``.
+    An object-based checkpoint (the trainer's) has no TF-Slim scopes: its list is empty.
     """
-    from nets import nets_factory
+    names = open_reader(resolve_checkpoint(path)).get_variable_to_shape_map()
+    if _OBJECT_GRAPH_KEY in names:
+        return True, []
+    return False, _scopes_in(names)
 
-    prefix = resolve_checkpoint(path)
-    metadata = read_metadata(prefix) or {}
-    if model_name is None:
-        model_name = metadata.get("model_name")
-    if model_name is None:
-        scopes = _scopes_in(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
-        known = [s for s in scopes if s in nets_factory.network_names()]
-        model_name = known[0] if known else "ssd_300_vgg"
-    base = nets_factory.get_network(model_name).default_params
-    params = params_from_metadata(metadata, base) if metadata else base
-    if num_classes is None and "num_classes" not in metadata:
-        num_classes = infer_num_classes(prefix, model_name)
-    if num_classes is not None:
-        params = params.with_num_classes(num_classes)
-    if anchor_preset is not None:
-        params = params.with_anchor_preset(anchor_preset)
-    return model_name, params
+
+def resolve_model_scope(path: str, model_name: str, given: Optional[str]) -> Optional[str]:
+    """The ``model_scope`` to load the checkpoint at ``path`` into a ``model_name`` net with.
+
+    - Not given: the net's own scope when the checkpoint has it; :data:`VGG16_SCOPE` for
+      TF-Slim's ImageNet VGG-16 checkpoint (the Caffe recipe's initialisation); else None.
+    - Given but absent from a checkpoint that holds the net's own scope (the original
+      README's second fine-tuning command keeps ``--checkpoint_model_scope=vgg_16`` on an SSD
+      checkpoint): ignored, with a warning. Object-based checkpoints have no scope: None.
+    """
+    object_based, scopes = checkpoint_scopes(path)
+    if object_based:
+        if given and given != model_name:
+            logger.warning("--checkpoint_model_scope=%s ignored: %s is a training checkpoint of "
+                           "this project (variables are matched by object, not by scope).",
+                           given, path)
+        return None
+    if given:
+        if given not in scopes and model_name in scopes:
+            logger.warning("--checkpoint_model_scope=%s ignored: %s has no variable under "
+                           "'%s/' but has the net's own scope '%s/'.", given, path, given,
+                           model_name)
+            return None
+        return given
+    if model_name in scopes:
+        return None
+    if VGG16_SCOPE in scopes:
+        logger.info("%s is TF-Slim's ImageNet VGG-16: loading the trunk from it "
+                    "(--checkpoint_model_scope=%s; fc6/fc7 decimated into conv6/conv7).",
+                    path, VGG16_SCOPE)
+        return VGG16_SCOPE
+    return None
+
+
+def only_excluded_fc_layers(err: "CheckpointMismatchError", scope: Optional[str],
+                            model_name: str, exclude_scopes: Sequence[str]) -> bool:
+    """True when a vgg_16 load failed only on fc6/fc7 whose targets conv6/conv7 are excluded
+    (the original README excludes them when starting from vgg_16.ckpt)."""
+    if scope != VGG16_SCOPE or err.missing or err.wrong_shape or not err.unexpected:
+        return False
+    unused = [f"{VGG16_SCOPE}/fc{i}" for i in (6, 7)
+              if in_scopes(f"{model_name}/conv{i}", exclude_scopes)]
+    return bool(unused) and all(in_scopes(name, unused) for name in err.unexpected)
 
 
 # -- saving --------------------------------------------------------------------------------
@@ -230,7 +218,9 @@ def save_checkpoint(net, path: str) -> str:
     Files: ``<path>.index``, ``<path>.data-00000-of-00001`` (readable by
     ``tf.train.load_checkpoint``, TF1 ``Saver`` and TF-Slim) and ``<path>.ssd.json``. Written
     under a temporary prefix and renamed (data, sidecar, then the index that marks the
-    checkpoint as present), so a reader never sees half a checkpoint. Returns ``path``.
+    checkpoint as present), so a reader never sees half a checkpoint. The folder's
+    ``checkpoint`` state file then names it, so TF1 tools given the folder find it.
+    Returns ``path``.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -249,6 +239,7 @@ def save_checkpoint(net, path: str) -> str:
     finally:
         for leftover in glob.glob(glob.escape(tmp) + "*"):
             os.remove(leftover)
+    write_state_file(path)
     logger.info("Saved %d variables to %s", len(names), path)
     return path
 
@@ -269,7 +260,8 @@ def decimate_fc7(weights: np.ndarray) -> np.ndarray:
     return weights[:, :, ::4, ::4]
 
 
-def _split_scopes(scopes: Sequence[str] | str | None) -> list[str]:
+def split_scopes(scopes: Sequence[str] | str | None) -> list[str]:
+    """Comma-separated TF-Slim scopes (or a list) -> list (blanks and trailing '/' dropped)."""
     if not scopes:
         return []
     if isinstance(scopes, str):
@@ -277,7 +269,9 @@ def _split_scopes(scopes: Sequence[str] | str | None) -> list[str]:
     return [s.strip().rstrip("/") for s in scopes if s and s.strip()]
 
 
-def _in_scope(name: str, scopes: Iterable[str]) -> bool:
+def in_scopes(name: str, scopes: Iterable[str]) -> bool:
+    """True when the TF-Slim ``name`` is inside one of ``scopes`` (whole path components:
+    ``ssd_300_vgg/block1`` holds ``ssd_300_vgg/block1/...`` but not ``.../block10/...``)."""
     return any(name == s or name.startswith(s + "/") for s in scopes)
 
 
@@ -315,7 +309,7 @@ def _object_source(net, prefix: str, reader) -> _Source:
     variable whose path this net does not know is named ``<model>/[keras]<path>``.
     """
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+    graph.ParseFromString(read_tensor(reader, prefix, _OBJECT_GRAPH_KEY))
     path_to_slim = net.checkpoint_name_map()
     all_shapes = reader.get_variable_to_shape_map()
     keys: dict[str, str] = {}
@@ -332,7 +326,7 @@ def _object_source(net, prefix: str, reader) -> _Source:
             f"'{TRAINING_CHECKPOINT_KEY}' (save it with "
             f"tf.train.Checkpoint({TRAINING_CHECKPOINT_KEY}=net, ...)).")
     shapes = {name: tuple(all_shapes[key]) for name, key in keys.items()}
-    return _Source(shapes, lambda name: reader.get_tensor(keys[name]))
+    return _Source(shapes, lambda name: read_tensor(reader, prefix, keys[name]))
 
 
 def _class_head_hint(net, wrong_shape: Sequence[tuple[str, tuple, tuple]],
@@ -380,9 +374,9 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
         shape, listed by name (wrong shapes always fail: exclude those scopes to skip them).
     """
     prefix = resolve_checkpoint(path)
-    excluded_scopes = _split_scopes(exclude_scopes)
+    excluded_scopes = split_scopes(exclude_scopes)
     variables = net.variables_by_checkpoint_name()
-    reader = tf.train.load_checkpoint(prefix)
+    reader = open_reader(prefix)
 
     if reader.has_tensor(_OBJECT_GRAPH_KEY):
         if model_scope not in (None, net.model_name):
@@ -392,14 +386,14 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
         ckpt_scope = net.model_name
     else:
         source = _Source({k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()},
-                         reader.get_tensor)
+                         lambda name: read_tensor(reader, prefix, name))
         ckpt_scope = model_scope or net.model_name
     vgg16 = ckpt_scope == VGG16_SCOPE
 
     # Map each of the net's names to the checkpoint name (and a transform for vgg_16 fc6/fc7).
     excluded, wanted = [], {}
     for name in variables:
-        if _in_scope(name, excluded_scopes):
+        if in_scopes(name, excluded_scopes):
             excluded.append(name)
             continue
         relative = name[len(net.model_name) + 1:]
@@ -410,7 +404,7 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
             relative = relative.replace("conv6/", "fc6/", 1).replace("conv7/", "fc7/", 1)
         wanted[name] = f"{ckpt_scope}/{relative}"
     for scope in excluded_scopes:
-        if not any(_in_scope(n, [scope]) for n in variables):
+        if not any(in_scopes(n, [scope]) for n in variables):
             logger.warning("exclude scope %r matches no variable of %s", scope, net.model_name)
 
     def transform(ckpt_name: str, ckpt_shape: tuple, var_shape: tuple):
@@ -449,7 +443,7 @@ def load_checkpoint(net, path: str, model_scope: Optional[str] = None,
             continue
         if ckpt_name.rsplit("/", 1)[0] in known:  # a slot of a known variable
             continue
-        if vgg16 and _in_scope(ckpt_name, _VGG16_UNUSED):
+        if vgg16 and in_scopes(ckpt_name, _VGG16_UNUSED):
             continue
         if vgg16 and ckpt_name.split("/")[1] not in ("fc6", "fc7") + net.trunk_scopes:
             continue
