@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-fast bench venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: $(STAMP)
 # The whole test suite (CPU only).
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The fast unit layer (no subprocess runs of the scripts, no training, no notebook).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 # Benchmarks: installs the peer (torch/torchvision) into a separate environment on first use.
 BENCH_VENV ?= .venv-bench
