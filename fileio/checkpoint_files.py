@@ -31,6 +31,10 @@ _STEP_SUFFIX_RE = re.compile(r"-(\d+)$")
 _OTHER_SUFFIXES = (".index", ".meta", ".ssd.json")
 STATE_FILENAME = "checkpoint"
 
+# What TensorFlow's checkpoint reader raises for missing, truncated or corrupt files (a
+# truncated data file surfaces as IndexError "Read less bytes than requested").
+_READ_ERRORS = (tf.errors.OpError, ValueError, OSError, IndexError, RuntimeError)
+
 # Variable names that hold the training step, in order of preference: the trainer's
 # ``tf.train.Checkpoint(step=...)``, TF1's ``global_step``, Keras optimizer iterations.
 _STEP_KEYS = (
@@ -172,8 +176,8 @@ def resolve_checkpoint(path: str) -> str:
                                       f"{prefix}.index")
     if os.path.isfile(path):
         raise CheckpointNotFoundError(f"{path}: not a TF checkpoint (no {prefix}.index next to it)")
-    raise CheckpointNotFoundError(f"{path}: no such checkpoint (expected {prefix}.index and "
-                                  f"{prefix}.data-*)")
+    raise CheckpointNotFoundError(f"{path}: checkpoint not found (no such checkpoint files: "
+                                  f"expected {prefix}.index and {prefix}.data-*)")
 
 
 def _first_line(err: BaseException) -> str:
@@ -190,7 +194,7 @@ def open_reader(prefix: str) -> tf.train.CheckpointReader:
     """
     try:
         return tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError, OSError) as err:
+    except _READ_ERRORS as err:
         raise CheckpointUnavailableError(f"{prefix}: cannot read checkpoint "
                                          f"(truncated or corrupt?): {_first_line(err)}") from None
 
@@ -199,7 +203,7 @@ def read_tensor(reader: tf.train.CheckpointReader, prefix: str, name: str):
     """``reader.get_tensor(name)``; a truncated data file gives CheckpointUnavailableError."""
     try:
         return reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, OSError) as err:
+    except _READ_ERRORS as err:
         raise CheckpointUnavailableError(f"{prefix}: cannot read {name} from the checkpoint "
                                          f"(truncated or corrupt?): {_first_line(err)}") from None
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nets import checkpoints, nets_factory
+from nets import checkpoints, configure, nets_factory
 from nets.checkpoints import CheckpointMismatchError
 from nets.ssd_params import ExtraBlock
 
@@ -70,8 +70,11 @@ def saved(tmp_path_factory):
 def test_save_writes_tf1_files_names_and_sidecar(saved):
     net, prefix = saved
     directory = os.path.dirname(prefix)
-    assert sorted(os.listdir(directory)) == ["model.ckpt.data-00000-of-00001", "model.ckpt.index",
+    assert sorted(os.listdir(directory)) == ["checkpoint", "model.ckpt.data-00000-of-00001",
+                                             "model.ckpt.index",
                                              "model.ckpt.ssd.json"]  # no temp leftovers
+    # TF's state file names it, so TF1 tools (and the original's scripts) given the folder find it.
+    assert tf.train.latest_checkpoint(directory) == prefix
     shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     assert sorted(shapes) == sorted(net.checkpoint_name_map().values())
     assert shapes[f"{MODEL}/conv6/weights"] == [3, 3, 512, 1024]
@@ -141,7 +144,7 @@ def test_tf1_saver_checkpoint_with_original_names_loads(tmp_path):
                                   written[f"{MODEL}/block4_box/L2Normalization/gamma"])
     # Without a sidecar the class count comes from the heads, the model from the scope.
     assert checkpoints.read_metadata(prefix) is None
-    model_name, params = checkpoints.checkpoint_params(prefix, anchor_preset="coco_ft")
+    model_name, params = configure.resolve_model(checkpoint=prefix, anchor_preset="coco_ft")
     assert model_name == MODEL and params.num_classes == 21
     assert params.anchor_sizes[0] == (21.0, 45.0)
 
@@ -318,9 +321,9 @@ def test_file_errors(tmp_path):
         checkpoints.read_metadata(str(tmp_path / "bad.ckpt"))
 
 
-def test_checkpoint_params_from_sidecar(saved, tmp_path):
+def test_resolve_model_from_sidecar(saved, tmp_path):
     net, prefix = saved
-    model_name, params = checkpoints.checkpoint_params(prefix)
+    model_name, params = configure.resolve_model(checkpoint=prefix)
     assert model_name == MODEL and params.img_shape == (150, 150)
     assert params.anchor_sizes == net.params.anchor_sizes and params.num_classes == 21
     # A sidecar naming a preset gives that preset's sizes.
@@ -328,11 +331,19 @@ def test_checkpoint_params_from_sidecar(saved, tmp_path):
     checkpoints.write_metadata(str(tmp_path / "x.ckpt"), MODEL,
                                dataclasses.replace(full, num_classes=81, no_annotation_label=81))
     write_tf1(str(tmp_path / "x.ckpt"), {"global_step": np.int64(1)})
-    model_name, params = checkpoints.checkpoint_params(str(tmp_path / "x.ckpt"))
+    model_name, params = configure.resolve_model(checkpoint=str(tmp_path / "x.ckpt"))
     assert params.anchor_preset == "coco_ft" and params.num_classes == 81
     assert params.anchor_sizes == full.anchor_sizes
-    _, params = checkpoints.checkpoint_params(str(tmp_path / "x.ckpt"), num_classes=3,
-                                              anchor_preset="voc")
+    # Flags that contradict the sidecar are refused by every tool alike (detect.py used to
+    # override the sidecar silently while eval refused: one rule now, eval's).
+    with pytest.raises(configure.SettingsError, match="81 classes, but --num_classes=3"):
+        configure.resolve_model(checkpoint=str(tmp_path / "x.ckpt"), num_classes=3)
+    with pytest.raises(configure.SettingsError, match="anchor preset 'coco_ft'"):
+        configure.resolve_model(checkpoint=str(tmp_path / "x.ckpt"), anchor_preset="voc")
+    # The same checkpoint without its sidecar: the flags decide.
+    os.remove(str(tmp_path / "x.ckpt.ssd.json"))
+    _, params = configure.resolve_model(MODEL, checkpoint=str(tmp_path / "x.ckpt"), num_classes=3,
+                                        anchor_preset="voc")
     assert params.num_classes == 3 and params.anchor_sizes[0] == (30.0, 60.0)
 
 
