@@ -31,11 +31,11 @@ def test_small_inputs_drop_empty_layers_only_when_asked():
 def test_model_and_classes_read_from_a_checkpoint_without_sidecar(tmp_path):
     """The original's published checkpoints have no sidecar: the scope names the net and the
     class heads its class count (81 here), the preset comes from the flag."""
-    ssd_class = nets_factory.get_network("ssd_512_vgg")
-    params = ssd_class.default_params.with_num_classes(81).with_img_shape((256, 256))
+    ssd_class = nets_factory.get_network("ssd_160_vgg_lite")
+    params = ssd_class.default_params.with_num_classes(81)
     prefix = ssd_class(params).save_checkpoint(str(tmp_path / "x.ckpt"))
     (tmp_path / "x.ckpt.ssd.json").unlink()
-    name, got = configure.resolve_model(checkpoint=prefix, anchor_preset="coco_ft")
-    assert name == "ssd_512_vgg" and got.num_classes == 81
-    net = configure.build_net(checkpoint=prefix, anchor_preset="coco_ft", image_size=256)
-    assert net.model_name == "ssd_512_vgg" and net.params.num_classes == 81
+    name, got = configure.resolve_model(checkpoint=prefix)
+    assert name == "ssd_160_vgg_lite" and got.num_classes == 81
+    net = configure.build_net(checkpoint=str(tmp_path))  # the folder: its latest checkpoint
+    assert net.model_name == "ssd_160_vgg_lite" and net.params.num_classes == 81
