@@ -15,6 +15,8 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
 
+from tf_extended.errors import describe_error
+
 USAGE_ERROR = 2
 DATA_ERROR = 1
 INTERRUPTED = 130
@@ -40,14 +42,9 @@ def fail(message: str, code: int = DATA_ERROR) -> NoReturn:
 
 def describe(err: BaseException) -> str:
     """One readable message for an exception: TensorFlow's wrappings dropped, else str()."""
-    if "tensorflow" in sys.modules:
-        from tf_extended.errors import describe_error  # TF is loaded already: no cost
-
-        return describe_error(err)
-    text = str(err).strip()
     if isinstance(err, KeyError) and len(err.args) == 1:
-        text = str(err.args[0])
-    return text or type(err).__name__
+        return str(err.args[0])
+    return describe_error(err)
 
 
 def exit_code_for(err: BaseException) -> int:

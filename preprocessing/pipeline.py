@@ -18,16 +18,16 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_extended import targets
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _default_encode_fn() -> Callable:
-    from tf_extended import targets  # imported late: only the training pipeline needs it
     return targets.encode_targets
 
 
 def _default_batch_encode_fn() -> Callable:
-    from tf_extended import targets
     return targets.batch_encode_targets
 
 
