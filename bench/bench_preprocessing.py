@@ -33,6 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from fileio import atomic  # noqa: E402  (after the sys.path set-up)
+
 RGB_MEANS = (123.0, 117.0, 104.0)
 BATCH = 32
 
@@ -71,9 +73,8 @@ def prepare_data(data_dir: str, num_images: int) -> str:
               # VOC boxes (xmin, ymin, xmax, ymax), 1-based pixels -> 0-based xyxy like the converter.
               "boxes": [[o.bbox[0] - 1, o.bbox[1] - 1, o.bbox[2], o.bbox[3]] for o in im.objects],
               "labels": [o.label for o in im.objects]} for im in fx.images]
-    with open(manifest + ".tmp", "w") as f:
-        json.dump({"records": os.path.join(root, "records"), "images": items}, f)
-    os.replace(manifest + ".tmp", manifest)
+    atomic.write_json(manifest, {"records": os.path.join(root, "records"), "images": items},
+                      indent=None)
     return manifest
 
 

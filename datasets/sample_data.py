@@ -36,6 +36,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fileio import atomic
+
 logger = logging.getLogger(__name__)
 
 # Label 0 is the background; CLASSES[i - 1] is label i.
@@ -273,8 +275,7 @@ def _write_if_changed(path: str, data: bytes) -> None:
         with open(path, "rb") as f:
             if f.read() == data:
                 return
-    with open(path, "wb") as f:
-        f.write(data)
+    atomic.write_bytes(path, data)
 
 
 def _write_image(task: tuple[str, int, int, str, int, tuple[int, int]]) -> tuple[int, int, int]:
