@@ -18,9 +18,13 @@ Exit codes: 0 done, 2 usage error (bad or missing flag, file not found), 1 data 
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags
+
+import cli.app
+from caffe_convert import convert
+from cli.app import UsageError
+from cli.flags import check_required
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_name", "ssd_300_vgg",
@@ -42,59 +46,31 @@ flags.DEFINE_string("verify", None,
                     "'mbox_conf_flatten', 'mbox_priorbox'. After converting, runs the TF net "
                     "on 'data' and prints the largest difference for each blob.")
 
-_PROG = os.path.basename(__file__)
-
-
-def _usage_error(message: str) -> None:
-    sys.stderr.write(f"{_PROG}: {message} (see --help)\n")
-    sys.exit(2)
-
-
-def _data_error(message: str) -> None:
-    sys.stderr.write(f"{_PROG}: {message}\n")
-    sys.exit(1)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, but a bad flag is a usage error (exit 2), not a traceback."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _usage_error(str(e))
-    return []
-
 
 def _check_file(flag: str, path: str | None) -> None:
     if path is not None and not os.path.isfile(path):
         what = "is a directory" if os.path.isdir(path) else "no such file"
-        _usage_error(f"--{flag}={path}: {what}")
+        raise UsageError(f"--{flag}={path}: {what}")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.caffemodel_path:
-        _usage_error("--caffemodel_path is required")
+def main(argv: list[str]) -> int:
+    check_required("caffemodel_path")
     if FLAGS.num_classes is not None and FLAGS.num_classes < 2:
-        _usage_error(f"--num_classes={FLAGS.num_classes}: must be >= 2 (background + classes)")
+        raise UsageError(f"--num_classes={FLAGS.num_classes}: must be >= 2 (background + classes)")
     _check_file("caffemodel_path", FLAGS.caffemodel_path)
     _check_file("prototxt", FLAGS.prototxt)
     _check_file("verify", FLAGS.verify)
-
-    # Imported here so that --help and usage errors do not pay TensorFlow's import time.
-    from nets import caffe_model, caffe_pb
-
-    if FLAGS.model_name not in caffe_model.SUPPORTED_MODELS:
-        _usage_error(f"--model_name={FLAGS.model_name}: not a Caffe SSD network; valid names: "
-                     f"{', '.join(caffe_model.SUPPORTED_MODELS)}")
+    if FLAGS.model_name not in convert.SUPPORTED_MODELS:
+        raise UsageError(f"--model_name={FLAGS.model_name}: not a Caffe SSD network; valid names: "
+                         f"{', '.join(convert.SUPPORTED_MODELS)}")
+    # caffe_pb.CaffeFormatError / convert.CaffeConversionError name the file and the layer:
+    # cli.app prints them as one line, exit 1.
     try:
-        net, report = caffe_model.convert_caffemodel(
+        net, report = convert.convert_caffemodel(
             FLAGS.model_name, FLAGS.caffemodel_path, output_path=FLAGS.output_path,
             num_classes=FLAGS.num_classes, prototxt_path=FLAGS.prototxt)
-    except (caffe_pb.CaffeFormatError, caffe_model.CaffeConversionError) as e:
-        _data_error(str(e))
     except OSError as e:
-        _data_error(f"cannot write {FLAGS.output_path or 'the checkpoint'}: {e}")
+        cli.app.fail(f"cannot write {FLAGS.output_path or 'the checkpoint'}: {e}")
     params = report.params
     print(f"Converted {FLAGS.caffemodel_path} -> {report.output_path}: {report.num_variables} "
           f"variables from {report.num_layers} Caffe layers; {FLAGS.model_name}, "
@@ -105,15 +81,12 @@ def main(argv: list[str]) -> None:
     if report.warnings:
         print(f"  {len(report.warnings)} warning(s): " + "; ".join(report.warnings))
     if FLAGS.verify:
-        try:
-            diffs = caffe_model.verify_against_caffe(net, FLAGS.verify)
-        except caffe_model.CaffeConversionError as e:
-            _data_error(str(e))
+        diffs = convert.verify_against_caffe(net, FLAGS.verify)
         print(f"Verification against {FLAGS.verify}:")
         for blob, (diff, scale) in diffs.items():
             print(f"  {blob:18s} largest |TF - Caffe| = {diff:.3g}  (largest |Caffe| = {scale:.3g})")
+    return 0
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)
-    app.run(main, flags_parser=_parse_flags)
+    cli.app.run(main)

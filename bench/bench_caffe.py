@@ -4,7 +4,7 @@ Makes an SSD300 and an SSD512 .caffemodel of the published size (VOC, 21 classes
 weights, ~100 MB each, with their PriorBox layers as Caffe stores them) under a temporary
 directory, then times
 
-  * ``nets.caffe_model.convert_caffemodel`` in-process (read + parse, build the net, map and
+  * ``caffe_convert.convert.convert_caffemodel`` in-process (read + parse, build the net, map and
     assign the weights, write the TF1 checkpoint and its sidecar), median of 3 runs, with a
     breakdown of the first run;
   * the whole script ``caffe_to_tensorflow.py`` as a user runs it (a fresh Python process,
@@ -29,7 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from nets import caffe_model, caffe_pb, nets_factory  # noqa: E402
+from caffe_convert import caffe_pb, convert  # noqa: E402
+from nets import nets_factory  # noqa: E402
 
 GOAL_S = 10.0
 
@@ -41,7 +42,7 @@ def make_caffemodel(model_name: str, path: str, seed: int = 0) -> float:
     shapes = {k: tuple(v.shape) for k, v in net.variables_by_checkpoint_name().items()}
     rng = np.random.default_rng(seed)
     layers = []
-    for name, blob_shapes in caffe_model.caffe_blob_shapes(shapes, model_name).items():
+    for name, blob_shapes in convert.caffe_blob_shapes(shapes, model_name).items():
         kind = "Normalize" if name.endswith("_norm") else "Convolution"
         layers.append((name, kind, [rng.standard_normal(s, dtype=np.float32) * 0.01
                                     for s in blob_shapes]))
@@ -69,7 +70,7 @@ def time_in_process(model_name: str, path: str,
     times, cpu_times, breakdown = [], [], {}
     for r in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()
-        net, report = caffe_model.convert_caffemodel(model_name, path,
+        net, report = convert.convert_caffemodel(model_name, path,
                                                      output_path=f"{path[:-11]}_{r}.ckpt")
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
@@ -78,11 +79,11 @@ def time_in_process(model_name: str, path: str,
     t0 = time.perf_counter()
     caffe_net, layers = caffe_pb.read_caffemodel(path)
     t1 = time.perf_counter()
-    params, _ = caffe_model.build_params(model_name, caffe_net, layers, caffemodel_path=path)
+    params, _ = convert.build_params(model_name, caffe_net, layers, caffemodel_path=path)
     net = nets_factory.get_network(model_name)(params)
     t2 = time.perf_counter()
     variables = net.variables_by_checkpoint_name()
-    values = caffe_model.convert_weights(layers, {k: tuple(v.shape) for k, v in variables.items()},
+    values = convert.convert_weights(layers, {k: tuple(v.shape) for k, v in variables.items()},
                                          model_name)
     for name, var in variables.items():
         var.assign(values[name])

@@ -140,7 +140,7 @@ _MESSAGES: list[tuple[str, list[tuple]]] = [
     ]),
     ("PriorBoxParameter", [
         # Sizes in pixels of the network input. Declared float, but Caffe's PriorBox layer
-        # casts them to int when it builds the boxes (see nets/caffe_model.py).
+        # casts them to int when it builds the boxes (see caffe_convert/convert.py).
         ("min_size", 1, _REP, "float", {}),
         ("max_size", 2, _REP, "float", {}),
         ("aspect_ratio", 3, _REP, "float", {}),

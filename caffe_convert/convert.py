@@ -38,7 +38,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nets import caffe_pb
+from caffe_convert import caffe_pb
+from nets import nets_factory
 from nets import ssd_params as ssd_params_lib
 
 __all__ = [
@@ -58,9 +59,6 @@ _LOG = logging.getLogger(__name__)
 
 # The registered networks that Caffe SSD models convert into (VGG-16 trunk).
 SUPPORTED_MODELS = ("ssd_300_vgg", "ssd_512_vgg")
-
-# Caffe SSD's prior variances (x, y, w, h), ssd_pascal.py: "prior_variance = [0.1, 0.1, 0.2, 0.2]".
-CAFFE_PRIOR_VARIANCE = (0.1, 0.1, 0.2, 0.2)
 
 # Caffe blob index of each TF-Slim variable kind.
 _BLOB_INDEX = {"weights": 0, "biases": 1, "gamma": 0}
@@ -592,8 +590,6 @@ def build_params(model_name: str, caffe_net: Any, layers: Sequence[caffe_pb.Caff
       CaffeConversionError: the prototxt is for another input size or has no PriorBox layer,
         or ``num_classes`` disagrees with the caffemodel.
     """
-    from nets import nets_factory  # lazy: the mapping functions above need no TensorFlow
-
     params = nets_factory.get_network(model_name).default_params
     img_h, img_w = params.img_shape
     specs: list[PriorBoxSpec] = []
@@ -699,8 +695,6 @@ def convert_caffemodel(model_name: str, caffemodel_path: str | os.PathLike,
     warnings += check_normalize_layers(layers, caffemodel_path)
     for message in warnings:
         _LOG.warning("%s: the converted net will compute something else", message)
-
-    from nets import nets_factory
 
     net = nets_factory.get_network(model_name)(params)
     variables = net.variables_by_checkpoint_name()

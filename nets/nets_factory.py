@@ -1,10 +1,11 @@
 """Network registry: ``get_network(name)`` -> the network class (TF-Slim factory style).
 
-A network class is a ``keras.Model`` subclass with the class attributes ``model_name``
-(the registry name, also its checkpoint scope) and ``default_params`` (an ``SSDParams``),
-built as ``cls(params, dtype_policy=None)`` and offering the API of DESIGN.md §3
-(``anchors()``, ``flat_outputs()``, ``detected_bboxes()``, ``load_checkpoint()``,
-``save_checkpoint()``, ``checkpoint_name_map()``). The project's nets are listed below
+A network class is a ``keras.Model`` subclass (the project's derive from
+:class:`nets.ssd_base.SSDNet`) with the class attributes ``model_name`` (the registry name, also
+its checkpoint scope) and ``default_params`` (an ``SSDParams``), built as
+``cls(params, dtype_policy=None)`` and offering the API of DESIGN.md §3 (``anchors()``,
+``flat_outputs()``, ``detected_bboxes()``, ``load_checkpoint()``, ``save_checkpoint()``,
+``checkpoint_name_map()``). The project's nets are listed below
 (their modules are imported on first use); others register with :func:`register_network`.
 """
 from __future__ import annotations

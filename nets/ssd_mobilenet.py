@@ -15,8 +15,8 @@ Input: the same as the VGG nets (DESIGN.md §5): RGB float minus the means (123,
 The net adds the means back and rescales to [-1, 1] itself (what MobileNetV2's ImageNet weights
 expect), so every preprocessing chain and script works unchanged.
 
-Outputs, anchors, post-processing and checkpoint I/O are the VGG nets' (this class subclasses
-:class:`nets.ssd_vgg.SSDVGG` for them). Checkpoint names follow TF-Slim's ``mobilenet_v2``
+Outputs, anchors, post-processing and checkpoint I/O are those of every SSD net (the shared base
+:class:`nets.ssd_base.SSDNet`; the VGG nets are its other family). Checkpoint names follow TF-Slim's ``mobilenet_v2``
 (``Conv``, ``expanded_conv_<k>/{expand,depthwise,project}``, ``.../BatchNorm/gamma``,
 ``.../depthwise_weights``) under the model scope, e.g.
 ``ssd_300_mobilenet_v2/expanded_conv_1/expand/weights``; so TF-Slim's ImageNet
@@ -28,22 +28,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import re
 from typing import Any, ClassVar, Optional, Sequence
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-from nets import ssd_params, ssd_vgg
+from nets import ssd_params
+from nets.ssd_base import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, SSDGraph, SSDNet, feature_map
 from nets.ssd_params import ExtraBlock, SSDParams
-
-# The ImageNet means of DESIGN.md §5 (Caffe SSD's 123, 117, 104), added back inside the net.
-_RGB_MEANS = (123.0, 117.0, 104.0)
-# BatchNorm momentum and epsilon: the light VGG's (nets/ssd_vgg.py says why 0.9, not
-# keras.applications' 0.999); the epsilon is also keras.applications' for MobileNetV2.
-BATCH_NORM_MOMENTUM = ssd_vgg.BATCH_NORM_MOMENTUM
-_BATCH_NORM_EPSILON = ssd_vgg.BATCH_NORM_EPSILON
+from tf_extended.images import RGB_MEANS
 
 # Keras MobileNetV2 weight attribute -> TF-Slim variable name, per layer type.
 _BN_SUFFIX = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -139,20 +133,19 @@ def _global_dtype_policy(dtype_policy: Any):
 
 
 def _build_graph(params: SSDParams, alpha: float, dtype_policy: Any
-                 ) -> tuple[keras.Model, keras.Model, keras.Model, dict[str, str]]:
+                 ) -> tuple[SSDGraph, keras.Model]:
     """Build the SSDLite-MobileNetV2 graph for ``params``.
 
     Returns:
-      (heads model: images -> {'logits': [...], 'localisations': [...]},
-       end-points model: images -> {feature layer name: activation},
-       the trunk (a keras.applications MobileNetV2 sharing the layers),
-       {keras layer name: TF-Slim scope without the model scope}).
+      (the graph: heads, end points {feature layer name: activation} and
+       {keras layer name: TF-Slim scope without the model scope};
+       the trunk, a keras.applications MobileNetV2 sharing the graph's layers).
     """
     scopes: dict[str, str] = collections.OrderedDict()
     img_h, img_w = params.img_shape
     images = keras.Input(shape=(img_h, img_w, 3), name="images", dtype="float32")
     # Mean-subtracted RGB (DESIGN.md §5) -> MobileNetV2's [-1, 1]: (x + mean) / 127.5 - 1.
-    offsets = [m / 127.5 - 1.0 for m in _RGB_MEANS]
+    offsets = [m / 127.5 - 1.0 for m in RGB_MEANS]
     scaled = keras.layers.Rescaling(1.0 / 127.5, offset=offsets, name="to_unit_range",
                                     dtype=dtype_policy)(images)
     with _global_dtype_policy(dtype_policy):
@@ -168,7 +161,7 @@ def _build_graph(params: SSDParams, alpha: float, dtype_policy: Any
     def batch_norm(x, name, scope):
         scopes[name] = scope
         return keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM,
-                                               epsilon=_BATCH_NORM_EPSILON, name=name,
+                                               epsilon=BATCH_NORM_EPSILON, name=name,
                                                dtype=dtype_policy)(x)
 
     def relu6(x, name):
@@ -205,18 +198,11 @@ def _build_graph(params: SSDParams, alpha: float, dtype_policy: Any
 
     logits, localisations = [], []
     for i, layer in enumerate(params.feat_layers):
-        if layer not in end_points:
-            raise ValueError(f"Feature layer {layer!r} is not an end point of this net "
-                             f"({', '.join(end_points)}).")
+        x = feature_map(end_points, params, i)
         if params.normalizations[i] > 0:
             raise ValueError(f"{layer}: SSDLite nets use BatchNorm, not L2 normalization "
                              f"(normalizations[{i}] = {params.normalizations[i]}).")
-        x = end_points[layer]
         h, w = params.feat_shapes[i]
-        actual = tuple(x.shape[1:3])
-        if actual != (h, w):
-            raise ValueError(f"SSDParams.feat_shapes[{i}] is {(h, w)}, but {layer} is {actual} "
-                             f"for img_shape {params.img_shape}.")
         num_anchors = params.num_anchors_per_location[i]
         box = f"{layer}_box"
         outputs = {}
@@ -232,15 +218,15 @@ def _build_graph(params: SSDParams, alpha: float, dtype_policy: Any
 
     heads = keras.Model(images, {"logits": logits, "localisations": localisations}, name="ssd_graph")
     end_points_model = keras.Model(images, end_points, name="ssd_end_points")
-    return heads, end_points_model, trunk, scopes
+    return SSDGraph(heads, end_points_model, scopes), trunk
 
 
-class SSDMobileNetV2(ssd_vgg.SSDVGG):
+class SSDMobileNetV2(SSDNet):
     """SSDLite on MobileNetV2; subclasses set ``model_name``, ``default_params`` and ``alpha``.
 
-    Same API and outputs as :class:`nets.ssd_vgg.SSDVGG` (DESIGN.md §3): ``net(images)``,
-    ``anchors()``, ``flat_outputs()``, ``detected_bboxes()``, ``load_checkpoint()``,
-    ``save_checkpoint()``, ``checkpoint_name_map()``.
+    The API is :class:`nets.ssd_base.SSDNet`'s (DESIGN.md §3): ``net(images)``, ``anchors()``,
+    ``flat_outputs()``, ``detected_bboxes()``, ``load_checkpoint()`` (which also takes a Keras
+    ImageNet ``.h5`` for the trunk), ``save_checkpoint()``, ``checkpoint_name_map()``.
     """
 
     model_name: ClassVar[str] = "ssd_mobilenet_v2"
@@ -255,30 +241,18 @@ class SSDMobileNetV2(ssd_vgg.SSDVGG):
         """Build the net.
 
         Args:
-          params: hyper-parameters; ``default_params`` of the class when None.
-          dtype_policy: Keras dtype policy for every layer (e.g. ``'mixed_bfloat16'``).
-          name: Keras name; the registry name (``model_name``) when None.
+          params, dtype_policy, name: see :class:`nets.ssd_base.SSDNet`.
           imagenet_weights: optional path of a Keras MobileNetV2 ImageNet weights file
             (``include_top=False``, same ``alpha``) loaded into the trunk; nothing is ever
             downloaded.
         """
-        params = params if params is not None else self.default_params
-        if not isinstance(params, SSDParams):
-            raise TypeError(f"params must be an SSDParams, got {type(params).__name__}.")
-        # SSDVGG.__init__ builds a VGG graph: initialise the keras.Model directly instead.
-        keras.Model.__init__(self, name=name or self.model_name)
-        self._params = params
-        self._graph, self._end_points_model, self._trunk, self._scopes = _build_graph(
-            params, self.alpha, dtype_policy)
-        self._anchors: Optional[np.ndarray] = None
-        self._inference_fn = None
-        self.built = True
+        super().__init__(params, dtype_policy=dtype_policy, name=name)
         if imagenet_weights:
             self.load_imagenet_weights(imagenet_weights)
 
-    def end_points(self, images, training: bool = False) -> dict[str, tf.Tensor]:
-        """Feature activations by name: the two trunk maps and the extra blocks."""
-        return self._end_points_model(images, training=training)
+    def _build(self, params: SSDParams, dtype_policy: Any) -> SSDGraph:
+        graph, self._trunk = _build_graph(params, self.alpha, dtype_policy)
+        return graph
 
     def variables_by_checkpoint_name(self) -> "collections.OrderedDict[str, keras.Variable]":
         """TF-Slim name -> Keras variable, for every weight (BatchNorm statistics included)."""
@@ -299,20 +273,12 @@ class SSDMobileNetV2(ssd_vgg.SSDVGG):
             raise AssertionError("checkpoint name map does not cover every weight of the net")
         return result
 
-    def weight_decay_variables(self) -> list:
-        """Regular (1x1 and 3x3) conv kernels; like TF-Slim's MobileNet training scope, neither
-        depthwise kernels nor BatchNorm parameters are decayed."""
-        return [v for name, v in self.variables_by_checkpoint_name().items()
-                if name.endswith("/weights")]
-
     def load_imagenet_weights(self, path: str) -> int:
         """Load a Keras MobileNetV2 ImageNet weights file (no top, same alpha) into the trunk.
 
         The file is read by a stand-alone ``keras.applications.MobileNetV2`` of the same
         width and copied over layer by layer by name. Returns the number of variables set.
         """
-        import os
-
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: MobileNetV2 weights file not found.")
         img_h, img_w = self._params.img_shape

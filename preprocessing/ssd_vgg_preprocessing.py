@@ -25,9 +25,7 @@ import tensorflow as tf
 from preprocessing import geometry, photometric
 from preprocessing.geometry import CAFFE_BATCH_SAMPLERS, BatchSampler
 from preprocessing.photometric import CAFFE_PHOTOMETRIC, PhotometricParams
-
-# Caffe SSD mean_value [104, 117, 123] (BGR) -> RGB; the original project used the same.
-RGB_MEANS = (123.0, 117.0, 104.0)
+from tf_extended.images import RGB_MEANS
 
 # Caffe's resize_param interp_mode in ssd_pascal.py is [LINEAR, AREA, NEAREST, CUBIC, LANCZOS4],
 # one picked uniformly. crop_and_resize offers bilinear and nearest only, so the four smooth

@@ -1,4 +1,4 @@
-"""Caffe SSD -> TF conversion (nets/caffe_model.py, caffe_to_tensorflow.py).
+"""Caffe SSD -> TF conversion (caffe_convert/convert.py, caffe_to_tensorflow.py).
 
 The Caffe side is written out here by hand, independently of the converter: the layer names
 and blob shapes of Wei Liu's SSD300 / SSD512 models (as in their deploy.prototxt files), a
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nets import caffe_model, caffe_pb, checkpoints, nets_factory
+from caffe_convert import caffe_pb, convert
+from nets import checkpoints, configure, nets_factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "caffe_to_tensorflow.py")
@@ -320,21 +321,21 @@ def var_shapes():
     ("ssd_512_vgg/block12_box/conv_cls/weights", ("conv10_2_mbox_conf", 0)),
 ])
 def test_caffe_source_of_golden(slim, caffe):
-    assert caffe_model.caffe_source_of(slim, slim.split("/")[0]) == caffe
+    assert convert.caffe_source_of(slim, slim.split("/")[0]) == caffe
 
 
 def test_caffe_source_of_rejects_unknown_names():
     for bad in ("ssd_300_vgg/conv6/kernel", "ssd_300_vgg/block5/conv1x1/weights",
                 "ssd_300_vgg/logits/weights", "other/conv1/conv1_1/weights"):
-        with pytest.raises(caffe_model.CaffeConversionError):
-            caffe_model.caffe_source_of(bad, "ssd_300_vgg")
+        with pytest.raises(convert.CaffeConversionError):
+            convert.caffe_source_of(bad, "ssd_300_vgg")
 
 
 @pytest.mark.parametrize("model", ["ssd_300_vgg", "ssd_512_vgg"])
 def test_net_needs_exactly_the_published_caffe_layers(var_shapes, model):
     # Every TF variable maps to a layer of the hand-written Caffe table with the right
     # shape, and every Caffe blob of the table is needed by some TF variable.
-    got = caffe_model.caffe_blob_shapes(var_shapes[model], model)
+    got = convert.caffe_blob_shapes(var_shapes[model], model)
     assert got == caffe_blob_table(model, 21)
 
 
@@ -396,7 +397,7 @@ def test_every_tf_variable_equals_its_transposed_caffe_blob(ssd300):
     assert len(names) == 71
     layers_seen = set()
     for name in names:
-        layer, index = caffe_model.caffe_source_of(name, "ssd_300_vgg")
+        layer, index = convert.caffe_source_of(name, "ssd_300_vgg")
         layers_seen.add(layer)
         blob = ssd300["weights"][layer][index]
         np.testing.assert_array_equal(reader.get_tensor(name), expected_tf_value(blob, layer),
@@ -430,17 +431,17 @@ def test_sidecar_records_the_prototxt_anchors(ssd300):
     assert meta["anchor_ratios"][0] == [2, 0.5]
     assert meta["anchor_ratios"][1] == pytest.approx([2, 0.5, 3, 1 / 3])
     # What eval / the notebook do: rebuild the net from the checkpoint alone.
-    model_name, params = checkpoints.checkpoint_params(ssd300["ckpt"])
+    model_name, params = configure.resolve_model(checkpoint=ssd300["ckpt"])
     assert model_name == "ssd_300_vgg" and params.anchor_preset == "voc"
     assert params.num_classes == 21
 
 
 def test_first_layers_match_numpy_caffe_on_bgr(ssd300):
     # Load the converted checkpoint as eval does, feed RGB; NumPy Caffe got BGR.
-    model_name, params = checkpoints.checkpoint_params(ssd300["ckpt"])
+    model_name, params = configure.resolve_model(checkpoint=ssd300["ckpt"])
     net = nets_factory.get_network(model_name)(params)
     net.load_checkpoint(ssd300["ckpt"])
-    rgb = caffe_model.caffe_input_to_tf(ssd300["data"])
+    rgb = convert.caffe_input_to_tf(ssd300["data"])
     np.testing.assert_array_equal(rgb[0, 5, 7], ssd300["data"][0, ::-1, 5, 7])
     block1 = net.end_points(rgb)["block1"].numpy()[0]       # conv1_2 after ReLU, [H, W, C]
     expected = ssd300["ref"]["conv1_2"].transpose(1, 2, 0)
@@ -507,7 +508,7 @@ def test_ssd512_v1_form_legacy_shapes_and_truncated_priors(tmp_path):
                 extra_layers=prior_box_layers("ssd_512_vgg", SSD512_PRIORS))
     net_param, layers = caffe_pb.read_caffemodel(path)
     assert (len(net_param.layers), len(net_param.layer)) == (39, 1 + 7)
-    net, report = caffe_model.convert_caffemodel("ssd_512_vgg", path)
+    net, report = convert.convert_caffemodel("ssd_512_vgg", path)
     assert report.output_path == str(tmp_path / "ssd512_v1.ckpt")
     params = report.params
     assert params.num_classes == 5                     # inferred from conv4_3_norm_mbox_conf
@@ -519,7 +520,7 @@ def test_ssd512_v1_form_legacy_shapes_and_truncated_priors(tmp_path):
     reader = tf.train.load_checkpoint(report.output_path)
     assert len(reader.get_variable_to_shape_map()) == 79
     for name in reader.get_variable_to_shape_map():
-        layer, index = caffe_model.caffe_source_of(name, "ssd_512_vgg")
+        layer, index = convert.caffe_source_of(name, "ssd_512_vgg")
         np.testing.assert_array_equal(reader.get_tensor(name),
                                       expected_tf_value(weights[layer][index], layer),
                                       err_msg=name)
@@ -552,13 +553,13 @@ def zero_weights_300():
 
 
 def convert_error(weights, shapes, model="ssd_300_vgg"):
-    with pytest.raises(caffe_model.CaffeConversionError) as info:
-        caffe_model.convert_weights(as_layers(weights), shapes, model, source="m.caffemodel")
+    with pytest.raises(convert.CaffeConversionError) as info:
+        convert.convert_weights(as_layers(weights), shapes, model, source="m.caffemodel")
     return str(info.value)
 
 
 def test_zero_weights_convert(zero_weights_300, var_shapes):
-    values = caffe_model.convert_weights(as_layers(zero_weights_300), var_shapes["ssd_300_vgg"],
+    values = convert.convert_weights(as_layers(zero_weights_300), var_shapes["ssd_300_vgg"],
                                          "ssd_300_vgg")
     assert set(values) == set(var_shapes["ssd_300_vgg"])
     assert all(values[k].shape == var_shapes["ssd_300_vgg"][k] for k in values)
@@ -592,8 +593,8 @@ def test_missing_unused_duplicate_and_biasless_layers(zero_weights_300, var_shap
                    "weights but no counterpart in ssd_300_vgg")
 
     layers = as_layers(zero_weights_300) + as_layers({"fc7": zero_weights_300["fc7"]})
-    with pytest.raises(caffe_model.CaffeConversionError, match="layer 'fc7' appears twice"):
-        caffe_model.convert_weights(layers, var_shapes["ssd_300_vgg"], "ssd_300_vgg")
+    with pytest.raises(convert.CaffeConversionError, match="layer 'fc7' appears twice"):
+        convert.convert_weights(layers, var_shapes["ssd_300_vgg"], "ssd_300_vgg")
 
     weights = dict(zero_weights_300)
     weights["conv4_3_norm"] = weights["conv4_3_norm"] * 2
@@ -619,7 +620,7 @@ def test_other_ssd_size_is_named(var_shapes):
 def test_legacy_bias_shape_accepted_but_not_a_matrix(zero_weights_300, var_shapes):
     weights = dict(zero_weights_300)
     weights["fc7"] = [weights["fc7"][0], np.arange(1024, dtype=np.float32).reshape(1, 1, 1, 1024)]
-    values = caffe_model.convert_weights(as_layers(weights), var_shapes["ssd_300_vgg"],
+    values = convert.convert_weights(as_layers(weights), var_shapes["ssd_300_vgg"],
                                          "ssd_300_vgg")
     np.testing.assert_array_equal(values["ssd_300_vgg/conv7/biases"], np.arange(1024))
     weights["fc7"] = [weights["fc7"][0], np.zeros((2, 512), np.float32)]
@@ -634,7 +635,7 @@ def test_script_errors_are_one_line_with_exit_codes(tmp_path):
     proc = run_script("--model_name=ssd_300_vgg", f"--caffemodel_path={bad}")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"caffe_to_tensorflow.py: {bad}: ")
+    assert last.startswith(f"caffe_to_tensorflow.py: error: {bad}: ")
     assert "layer 'conv1_1' blob 0 has shape [64, 4, 3, 3]" in last
     assert "missing 35 layers: conv1_2, conv2_1, " in last and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "bad.ckpt.index")
@@ -659,6 +660,16 @@ def test_script_errors_are_one_line_with_exit_codes(tmp_path):
         assert needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
+def test_script_help_exits_0():
+    proc = run_script("--help")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    for flag in ("--caffemodel_path", "--model_name", "--num_classes", "--output_path",
+                 "--prototxt", "--verify"):
+        assert flag in out, flag
+    assert "Traceback" not in out
+
+
 # ---------------------------------------------------------------------------------------
 # PriorBox parameters -> anchors
 # ---------------------------------------------------------------------------------------
@@ -671,7 +682,7 @@ def test_script_errors_are_one_line_with_exit_codes(tmp_path):
     ([], True, ()),
 ])
 def test_aspect_ratio_expansion(ratios, flip, expected):
-    assert caffe_model._expand_aspect_ratios(ratios, flip) == pytest.approx(expected)
+    assert convert._expand_aspect_ratios(ratios, flip) == pytest.approx(expected)
 
 
 def parse_text(tmp_path, text, name="deploy.prototxt"):
@@ -696,8 +707,8 @@ def parse_text(tmp_path, text, name="deploy.prototxt"):
 def test_prototxt_priorboxes_to_params(tmp_path, model, priors, preset, sizes):
     net_param = parse_text(tmp_path, deploy_prototxt(model, 21, priors=priors))
     base = nets_factory.get_network(model).default_params
-    specs = caffe_model.prior_box_specs(net_param, source="deploy.prototxt")
-    params = caffe_model.anchor_params_from_prior_boxes(base, specs)
+    specs = convert.prior_box_specs(net_param, source="deploy.prototxt")
+    params = convert.anchor_params_from_prior_boxes(base, specs)
     assert params.anchor_sizes == sizes and params.anchor_preset == preset
     assert params.anchor_steps == tuple(priors["steps"])
     assert params.anchor_ratios == base.anchor_ratios
@@ -717,26 +728,26 @@ def test_priorbox_errors_name_the_layer(tmp_path):
     base = nets_factory.get_network("ssd_300_vgg").default_params
 
     def params_for(text):
-        specs = caffe_model.prior_box_specs(parse_text(tmp_path, text), source="d.prototxt")
-        return caffe_model.anchor_params_from_prior_boxes(base, specs, source="d.prototxt")
+        specs = convert.prior_box_specs(parse_text(tmp_path, text), source="d.prototxt")
+        return convert.anchor_params_from_prior_boxes(base, specs, source="d.prototxt")
 
     good = deploy_prototxt("ssd_300_vgg", 21)
     missing = "\n".join(l for l in good.splitlines() if "conv8_2_mbox_priorbox" not in l)
-    with pytest.raises(caffe_model.CaffeConversionError,
+    with pytest.raises(convert.CaffeConversionError,
                        match=r"d.prototxt: no PriorBox layer reads 'conv8_2' \(feature layer "
                              r"block10\)"):
         params_for(missing)
     two_min = good.replace("min_size: 60 max_size: 111", "min_size: 60 min_size: 70 max_size: 111")
-    with pytest.raises(caffe_model.CaffeConversionError,
+    with pytest.raises(convert.CaffeConversionError,
                        match="PriorBox layer 'fc7_mbox_priorbox' has 2 min_size and 1 max_size"):
         params_for(two_min)
     img512 = good.replace("step: 8 ", "step: 8 img_size: 512 ")
-    with pytest.raises(caffe_model.CaffeConversionError,
+    with pytest.raises(convert.CaffeConversionError,
                        match="'conv4_3_norm_mbox_priorbox' is for 512x512 images, the model for "
                              "300x300"):
         params_for(img512)
     offsets = good.replace("step: 300 offset: 0.5", "step: 300 offset: 0.25")
-    with pytest.raises(caffe_model.CaffeConversionError, match="offsets differ"):
+    with pytest.raises(convert.CaffeConversionError, match="offsets differ"):
         params_for(offsets)
 
 
@@ -744,26 +755,26 @@ def test_prototxt_for_other_input_size_and_class_count_mismatch(tmp_path, zero_w
     net_param = caffe_pb.NetParameter()
     layers = as_layers(zero_weights_300)
     proto512 = parse_text(tmp_path, deploy_prototxt("ssd_512_vgg", 21))
-    with pytest.raises(caffe_model.CaffeConversionError,
+    with pytest.raises(convert.CaffeConversionError,
                        match="deploy.prototxt: input is 512x512, but ssd_300_vgg takes 300x300"):
-        caffe_model.build_params("ssd_300_vgg", net_param, layers, prototxt_net=proto512,
+        convert.build_params("ssd_300_vgg", net_param, layers, prototxt_net=proto512,
                                  prototxt_path="deploy.prototxt")
-    with pytest.raises(caffe_model.CaffeConversionError,
+    with pytest.raises(convert.CaffeConversionError,
                        match="num_classes is 81, but layer 'conv4_3_norm_mbox_conf' has 84 "
                              "outputs = 4 anchors x 21 classes"):
-        caffe_model.build_params("ssd_300_vgg", net_param, layers, num_classes=81)
-    params, source = caffe_model.build_params("ssd_300_vgg", net_param, layers)
+        convert.build_params("ssd_300_vgg", net_param, layers, num_classes=81)
+    params, source = convert.build_params("ssd_300_vgg", net_param, layers)
     assert params.num_classes == 21 and "defaults" in source
 
 
 def test_geometry_check_flags_a_different_dilation(tmp_path):
     base = nets_factory.get_network("ssd_300_vgg").default_params
     good = parse_text(tmp_path, deploy_prototxt("ssd_300_vgg", 21))
-    assert caffe_model.check_conv_geometry(caffe_pb.net_layers(good), base) == []
+    assert convert.check_conv_geometry(caffe_pb.net_layers(good), base) == []
     bad = parse_text(tmp_path, deploy_prototxt("ssd_300_vgg", 21).replace(
         "pad: 6 kernel_size: 3 stride: 1 dilation: 6", "pad: 3 kernel_size: 3 stride: 1 "
         "dilation: 3"), name="bad.prototxt")
-    issues = caffe_model.check_conv_geometry(caffe_pb.net_layers(bad), base, source="bad")
+    issues = convert.check_conv_geometry(caffe_pb.net_layers(bad), base, source="bad")
     assert issues == ["bad: layer 'fc6' has stride 1, pad 3, dilation 3; the TF net uses 1, 6, 6"]
 
 
@@ -773,13 +784,13 @@ def test_prototxt_wins_over_stored_priorboxes_with_a_warning(tmp_path, zero_weig
     stored = caffe_pb.NetParameter()
     stored.layer.extend(prior_box_layers("ssd_300_vgg", coco))
     # Without a prototxt the caffemodel's own PriorBox layers are used, silently.
-    params, source = caffe_model.build_params("ssd_300_vgg", stored, layers,
+    params, source = convert.build_params("ssd_300_vgg", stored, layers,
                                               caffemodel_path="m.caffemodel")
     assert params.anchor_preset == "coco_ft" and source == "m.caffemodel (its PriorBox layers)"
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     # A prototxt with other priors wins, and the disagreement is logged.
     proto = parse_text(tmp_path, deploy_prototxt("ssd_300_vgg", 21))
-    params, source = caffe_model.build_params("ssd_300_vgg", stored, layers, prototxt_net=proto,
+    params, source = convert.build_params("ssd_300_vgg", stored, layers, prototxt_net=proto,
                                               caffemodel_path="m.caffemodel",
                                               prototxt_path="deploy.prototxt")
     assert params.anchor_preset == "voc" and source == "deploy.prototxt"

@@ -1,4 +1,4 @@
-"""nets/caffe_pb.py: the minimal caffe.proto and the .caffemodel / .prototxt readers.
+"""caffe_convert/caffe_pb.py: the minimal caffe.proto and the .caffemodel / .prototxt readers.
 
 The field numbers are checked against bytes encoded by hand here (protobuf wire format:
 tag = field_number << 3 | wire_type), not against the schema itself, so a wrong number in
@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from nets import caffe_pb
+from caffe_convert import caffe_pb
 
 
 def _varint(n: int) -> bytes:
