@@ -18,18 +18,31 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-# The flag definitions need no TensorFlow; it is imported in main() so that --help is quick.
+import cli.flags
+from cli import app
+from cli.flags import (check_postprocessing_flags, check_required, config_from_flags,
+                       define_dataset_flags, define_device_flags, define_model_flags,
+                       define_postprocessing_flags)
+from datasets import dataset_factory
+from engine import devices, eval_outputs, evaluation
+from fileio.checkpoint_files import resolve_checkpoint
+from nets import nets_factory
+from preprocessing import preprocessing_factory
+
 FLAGS = flags.FLAGS
 
-# -- Detection (the original's flags, Caffe SSD test-net values) -----------------------------
-flags.DEFINE_float("select_threshold", 0.01, "Minimum class score of a detection candidate.")
-flags.DEFINE_integer("select_top_k", 400, "Candidates per class kept before NMS.")
-flags.DEFINE_integer("keep_top_k", 200, "Detections kept per image after NMS (all classes).")
-flags.DEFINE_float("nms_threshold", 0.45, "Per-class non-maximum suppression IoU threshold.")
+define_dataset_flags("test")
+define_model_flags("ssd_300_vgg")
+define_postprocessing_flags(0.01)
+define_device_flags("Run the network in bfloat16 or float16 (weights stay float32; outputs and "
+                    "post-processing float32). bfloat16 is about 4x faster on CPUs with AMX "
+                    "(bench/bench_nets.py); see docs/evaluation.md for its effect on mAP.")
+flags.adopt_module_key_flags(cli.flags)  # --help lists the shared groups too.
+
+# -- Matching and images --------------------------------------------------------------------
 flags.DEFINE_float("matching_threshold", 0.5,
                    "A detection matches a ground-truth box when their IoU is above this.")
 flags.DEFINE_integer("eval_resize", 4,
@@ -41,13 +54,6 @@ flags.DEFINE_integer("eval_image_size", None,
 flags.DEFINE_boolean("remove_difficult", True,
                      "VOC semantics: difficult boxes are neither to be found nor false "
                      "positives when detected. --noremove_difficult counts them as ordinary boxes.")
-flags.DEFINE_integer("num_classes", None,
-                     "Number of classes including the background (default: the checkpoint's "
-                     "sidecar, else its class heads, else the dataset's; 21 for VOC).")
-flags.DEFINE_string("anchor_preset", None,
-                    "Anchor sizes: voc, coco_ft, voc_caffe, coco_ft_caffe (default: the "
-                    "checkpoint's sidecar, else the model default 'voc'). The original's "
-                    "published ssd_300_vgg.ckpt needs coco_ft.")
 
 # -- Run ----------------------------------------------------------------------------------
 flags.DEFINE_integer("batch_size", 1, "Images per network call (any value; the last batch "
@@ -66,16 +72,9 @@ flags.DEFINE_float("moving_average_decay", None,
                    "weights (its .../ExponentialMovingAverage shadows; the value itself is not "
                    "used). train_ssd_network.py checkpoints need no flag: they already store "
                    "the averages as the weights to evaluate when training kept them.")
-flags.DEFINE_float("gpu_memory_fraction", None,
-                   "Fraction of GPU memory to take (default: grow as needed, so that "
-                   "evaluation can run beside training).")
 flags.DEFINE_integer("num_threads", None,
                      "CPU threads for TensorFlow ops and the input pipeline (default: all "
                      "cores); set it when evaluating beside training on one machine.")
-flags.DEFINE_enum("mixed_precision", None, ["bfloat16", "float16"],
-                  "Run the network in bfloat16 or float16 (weights stay float32; outputs and "
-                  "post-processing float32). bfloat16 is about 4x faster on CPUs with AMX "
-                  "(bench/bench_nets.py); see docs/evaluation.md for its effect on mAP.")
 flags.DEFINE_boolean("wait_for_checkpoints", False,
                      "Watch --checkpoint_path (a directory) and evaluate each new checkpoint once.")
 flags.DEFINE_float("eval_interval_secs", 60.0, "Seconds between looks for new checkpoints.")
@@ -86,56 +85,35 @@ flags.DEFINE_string("detections_dir", None,
                     "Also write the detections: VOC devkit files comp4_det_<split>_<class>.txt "
                     "(1-based pixels of the original image) and detections_<split>_coco.json.")
 
-# -- Data and model ---------------------------------------------------------------------------
-flags.DEFINE_string("dataset_name", None, "pascalvoc_2007, pascalvoc_2012, pascalvoc_0712 or voc.")
-flags.DEFINE_string("dataset_split_name", "test", "Split to evaluate.")
-flags.DEFINE_string("dataset_dir", None, "Folder of the TFRecord files.")
-flags.DEFINE_string("file_pattern", None,
-                    "Glob of the TFRecord files, '%s' = the split (default: the dataset's).")
-flags.DEFINE_string("labels_file", None,
-                    "Label map of a custom VOC-format dataset (one class name per line).")
-flags.DEFINE_string("model_name", "ssd_300_vgg", "Network: ssd_300_vgg or ssd_512_vgg.")
-flags.DEFINE_string("preprocessing_name", None, "Preprocessing (default: --model_name's).")
-
-flags.mark_flags_as_required(["dataset_name", "dataset_dir"])
-
-USAGE_ERROR = 2
-DATA_ERROR = 1
-
-
-class UsageError(Exception):
-    """A flag value that cannot work (exit code 2)."""
-
-
-def _fail(code: int, message: str) -> None:
-    sys.stderr.write(f"eval_ssd_network.py: error: {message}\n")
-    sys.exit(code)
-
 
 def _check_flags() -> None:
+    check_required("dataset_name", "dataset_dir")
+    check_postprocessing_flags()
     if FLAGS.batch_size < 1:
-        raise UsageError(f"--batch_size={FLAGS.batch_size}: must be >= 1")
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size}: must be >= 1")
     if FLAGS.max_num_batches is not None and FLAGS.max_num_batches < 1:
-        raise UsageError(f"--max_num_batches={FLAGS.max_num_batches}: must be >= 1")
+        raise app.UsageError(f"--max_num_batches={FLAGS.max_num_batches}: must be >= 1")
     if FLAGS.eval_resize not in (1, 2, 3, 4):
-        raise UsageError(f"--eval_resize={FLAGS.eval_resize}: must be 1 (NONE), 2 (CENTRAL_CROP), "
-                         "3 (PAD_AND_RESIZE) or 4 (WARP_RESIZE)")
+        raise app.UsageError(f"--eval_resize={FLAGS.eval_resize}: must be 1 (NONE), 2 "
+                             "(CENTRAL_CROP), 3 (PAD_AND_RESIZE) or 4 (WARP_RESIZE)")
     if FLAGS.eval_image_size is not None and FLAGS.eval_image_size < 32:
-        raise UsageError(f"--eval_image_size={FLAGS.eval_image_size}: too small")
+        raise app.UsageError(f"--eval_image_size={FLAGS.eval_image_size}: too small")
     if FLAGS.gpu_memory_fraction is not None and not 0 < FLAGS.gpu_memory_fraction <= 1:
-        raise UsageError(f"--gpu_memory_fraction={FLAGS.gpu_memory_fraction}: must be in (0, 1]")
+        raise app.UsageError(f"--gpu_memory_fraction={FLAGS.gpu_memory_fraction}: must be in "
+                             "(0, 1]")
     if FLAGS.num_threads is not None and FLAGS.num_threads < 1:
-        raise UsageError(f"--num_threads={FLAGS.num_threads}: must be >= 1")
+        raise app.UsageError(f"--num_threads={FLAGS.num_threads}: must be >= 1")
     if FLAGS.eval_interval_secs <= 0:
-        raise UsageError(f"--eval_interval_secs={FLAGS.eval_interval_secs}: must be > 0")
+        raise app.UsageError(f"--eval_interval_secs={FLAGS.eval_interval_secs}: must be > 0")
     if FLAGS.eval_timeout is not None and FLAGS.eval_timeout < 0:
-        raise UsageError(f"--eval_timeout={FLAGS.eval_timeout}: must be >= 0")
+        raise app.UsageError(f"--eval_timeout={FLAGS.eval_timeout}: must be >= 0")
     if FLAGS.moving_average_decay is not None and not 0 < FLAGS.moving_average_decay < 1:
-        raise UsageError(f"--moving_average_decay={FLAGS.moving_average_decay}: must be in (0, 1)")
+        raise app.UsageError(f"--moving_average_decay={FLAGS.moving_average_decay}: must be in "
+                             "(0, 1)")
     if FLAGS.wait_for_checkpoints and not os.path.isdir(FLAGS.checkpoint_path) and \
             os.path.exists(FLAGS.checkpoint_path):
-        raise UsageError(f"--checkpoint_path={FLAGS.checkpoint_path}: --wait_for_checkpoints "
-                         "needs a directory to watch")
+        raise app.UsageError(f"--checkpoint_path={FLAGS.checkpoint_path}: --wait_for_checkpoints "
+                             "needs a directory to watch")
     if FLAGS.master:
         logging.warning("--master=%s is ignored (no TF1 sessions).", FLAGS.master)
 
@@ -146,31 +124,20 @@ def _default_eval_dir() -> str:
     return os.path.join(base or ".", f"eval_{FLAGS.dataset_split_name}")
 
 
-def run() -> int:
+def main(argv: list[str]) -> int:
     """Turn the flags into library calls; returns the exit code."""
     _check_flags()
-    from engine import evaluation  # noqa: E402  (TensorFlow import, after --help)
-
-    evaluation.configure_runtime(num_threads=FLAGS.num_threads,
-                                 gpu_memory_fraction=FLAGS.gpu_memory_fraction)
-    from datasets import dataset_factory
-    from engine import checkpoint_watch
-    from nets import nets_factory
-    from preprocessing import preprocessing_factory
-
+    devices.configure_devices(num_threads=FLAGS.num_threads,
+                              gpu_memory_fraction=FLAGS.gpu_memory_fraction)
     try:
         nets_factory.get_network(FLAGS.model_name)
         preprocess_fn = preprocessing_factory.get_preprocessing(
             FLAGS.preprocessing_name or FLAGS.model_name, is_training=False,
             resize=FLAGS.eval_resize)
-        config = evaluation.EvalConfig(
-            select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
-            select_top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k,
-            matching_threshold=FLAGS.matching_threshold, remove_difficult=FLAGS.remove_difficult,
-            batch_size=FLAGS.batch_size, max_num_batches=FLAGS.max_num_batches,
-            use_moving_average=FLAGS.moving_average_decay is not None)
+        config = config_from_flags(evaluation.EvalConfig,
+                                   use_moving_average=FLAGS.moving_average_decay is not None)
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        raise app.UsageError(str(err)) from None
     spec = dataset_factory.get_dataset(FLAGS.dataset_name, FLAGS.dataset_split_name,
                                        FLAGS.dataset_dir, file_pattern=FLAGS.file_pattern,
                                        labels_file=FLAGS.labels_file)
@@ -184,10 +151,10 @@ def run() -> int:
         num_classes=FLAGS.num_classes, anchor_preset=FLAGS.anchor_preset,
         image_size=FLAGS.eval_image_size, num_parallel_calls=FLAGS.num_preprocessing_threads,
         num_threads=FLAGS.num_threads, check_size=FLAGS.eval_resize == 1,
-        dtype_policy=f"mixed_{FLAGS.mixed_precision}" if FLAGS.mixed_precision else None)
+        dtype_policy=devices.dtype_policy(FLAGS.mixed_precision))
 
     def report(record: dict) -> None:
-        print(evaluation.format_ap_table(record), flush=True)
+        print(eval_outputs.format_ap_table(record), flush=True)
 
     try:
         if FLAGS.wait_for_checkpoints:
@@ -198,42 +165,12 @@ def run() -> int:
                   f"before evaluation, {len(stats.failed)} unreadable. Results in {eval_dir}.",
                   flush=True)
         else:
-            prefix = checkpoint_watch.resolve_checkpoint(FLAGS.checkpoint_path)
-            report(evaluator.evaluate(prefix))
+            report(evaluator.evaluate(resolve_checkpoint(FLAGS.checkpoint_path)))
             print(f"Results in {eval_dir}.", flush=True)
     finally:
         evaluator.close()
     return 0
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _fail(USAGE_ERROR, f"unexpected arguments {argv[1:]} (flags are --name=value)")
-    try:
-        code = run()
-    except UsageError as err:
-        _fail(USAGE_ERROR, str(err))
-    except KeyboardInterrupt:
-        _fail(130, "interrupted")
-    except Exception as err:  # One clear line for data/checkpoint problems, no traceback.
-        from engine import evaluation
-        from tf_extended.errors import describe_error
-
-        code = USAGE_ERROR if isinstance(err, evaluation.SettingsError) else DATA_ERROR
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            logging.exception("Evaluation failed")
-        _fail(code, describe_error(err))
-    sys.exit(code)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, but a bad or missing flag exits with code 2 and one line."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as err:
-        _fail(USAGE_ERROR, f"{err} (see --help)")
-        raise  # unreachable
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main)

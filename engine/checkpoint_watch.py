@@ -1,182 +1,25 @@
-"""Finding checkpoints on disk and watching a training directory for new ones.
+"""Watching a training directory for new checkpoints and evaluating each once.
 
-Handles the three kinds of checkpoint this project meets, all in TF's V2 bundle format
-(``<prefix>.index`` + ``<prefix>.data-NNNNN-of-MMMMM``):
-
-- the trainer's object-based ``tf.train.CheckpointManager`` files (``ckpt-<step>``),
-- TF1 ``Saver`` files of the original project (``model.ckpt-<step>``, plus a ``.meta``),
-- single converted checkpoints (``ssd_300_vgg.ckpt`` from caffe_to_tensorflow.py).
-
-A checkpoint is *complete* when its ``.index`` and every data shard it names exist: TF
-writes the data shards first and the index last (``MergeV2Checkpoints``), so a checkpoint
-still being written has no index yet and is not listed. A rotation (``max_to_keep``) may
-delete a listed checkpoint before it is read; :func:`watch` notices that, logs it and moves
-on. A checkpoint whose files exist but cannot be read yet (a copy in progress) is retried.
+What a checkpoint is on disk (complete = ``.index`` + every data shard; still being written =
+no index yet; the latest; the step it holds) is :mod:`fileio.checkpoint_files`, the one home
+of checkpoint paths. This module only polls: a rotation (``max_to_keep``) may delete a listed
+checkpoint before it is read; :func:`watch` notices that, logs it and moves on. A checkpoint
+whose files exist but cannot be read yet (a copy in progress) is retried.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
 import os
-import re
 import time
 from typing import Callable, Iterable
 
 import tensorflow as tf
 
+from fileio.checkpoint_files import (CheckpointUnavailableError, checkpoint_exists,
+                                     list_checkpoints)
+
 logger = logging.getLogger(__name__)
-
-# Suffixes that may follow a checkpoint prefix; a user may pass any of these files.
-_DATA_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
-_STEP_SUFFIX_RE = re.compile(r"-(\d+)$")
-_OTHER_SUFFIXES = (".index", ".meta", ".ssd.json")
-
-# Variable names that hold the training step, in order of preference: the trainer's
-# ``tf.train.Checkpoint(step=...)``, TF1's ``global_step``, Keras optimizer iterations.
-_STEP_KEYS = (
-    "step/.ATTRIBUTES/VARIABLE_VALUE",
-    "global_step/.ATTRIBUTES/VARIABLE_VALUE",
-    "global_step",
-    "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE",
-    "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE",
-)
-
-
-class CheckpointNotFoundError(ValueError):
-    """A checkpoint path names no readable checkpoint (message names the path)."""
-
-
-class CheckpointUnavailableError(RuntimeError):
-    """A listed checkpoint could not be read now (deleted, or still being written)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointInfo:
-    """One complete checkpoint on disk.
-
-    Attributes:
-      prefix: absolute checkpoint prefix (no ``.index``).
-      number: the ``-<N>`` suffix of its name (the step for the trainer and TF1 Saver), or None.
-      mtime: modification time of its ``.index`` file.
-    """
-
-    prefix: str
-    number: int | None
-    mtime: float
-
-    @property
-    def sort_key(self) -> tuple:
-        """Step order: numbered checkpoints by number, unnumbered ones after, by time."""
-        return (self.number is None, self.number if self.number is not None else 0, self.mtime,
-                self.prefix)
-
-
-def strip_checkpoint_suffix(path: str) -> str:
-    """``x.ckpt.index`` / ``x.ckpt.data-00000-of-00001`` / ``x.ckpt.meta`` -> ``x.ckpt``."""
-    path = _DATA_RE.sub("", path)
-    for suffix in _OTHER_SUFFIXES:
-        if path.endswith(suffix):
-            return path[: -len(suffix)]
-    return path
-
-
-def checkpoint_number(prefix: str) -> int | None:
-    """The trailing ``-<N>`` of a checkpoint name (``ckpt-1200`` -> 1200), or None."""
-    match = _STEP_SUFFIX_RE.search(os.path.basename(prefix))
-    return int(match.group(1)) if match else None
-
-
-def checkpoint_exists(prefix: str) -> bool:
-    """True when ``prefix.index`` and every data shard it implies are on disk."""
-    if not os.path.isfile(prefix + ".index"):
-        return False
-    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
-    totals = set()
-    present = set()
-    for shard in shards:
-        match = _DATA_RE.search(shard)
-        if match and shard[: match.start()] == prefix:
-            present.add(int(match.group(1)))
-            totals.add(int(match.group(2)))
-    if len(totals) != 1:
-        # No data shard yet, or shards of two different saves: not a complete checkpoint.
-        return False
-    total = totals.pop()
-    return present == set(range(total))
-
-
-def list_checkpoints(checkpoint_dir: str) -> list[CheckpointInfo]:
-    """Every complete checkpoint directly in ``checkpoint_dir``, in step order (oldest first).
-
-    Listed from the ``*.index`` files rather than the ``checkpoint`` state file, so that
-    converted or copied checkpoints count too and a stale state file does not matter.
-    """
-    infos = []
-    for index in glob.glob(os.path.join(glob.escape(checkpoint_dir), "*.index")):
-        prefix = os.path.abspath(index[: -len(".index")])
-        try:
-            mtime = os.path.getmtime(index)
-        except OSError:  # Deleted while listing.
-            continue
-        if checkpoint_exists(prefix):
-            infos.append(CheckpointInfo(prefix, checkpoint_number(prefix), mtime))
-    return sorted(infos, key=lambda info: info.sort_key)
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file or directory -> the checkpoint prefix to read.
-
-    Args:
-      path: a prefix (``train_dir/ckpt-1000``), one of its files (``.index``, ``.data-*``,
-        ``.meta``, ``.ssd.json``), or a directory (its latest checkpoint: the ``checkpoint``
-        state file's choice when it is still on disk, else the last in step order).
-
-    Raises:
-      CheckpointNotFoundError: nothing readable there; the message names the path.
-    """
-    if not path:
-        raise CheckpointNotFoundError("--checkpoint_path is empty: give a checkpoint file or a "
-                                      "directory holding checkpoints")
-    if os.path.isdir(path):
-        latest = None
-        try:
-            latest = tf.train.latest_checkpoint(path)
-        except (tf.errors.OpError, ValueError):  # Corrupt state file: fall back to listing.
-            latest = None
-        if latest and checkpoint_exists(latest):
-            return os.path.abspath(latest)
-        infos = list_checkpoints(path)
-        if not infos:
-            raise CheckpointNotFoundError(f"{path}: directory holds no checkpoint (no complete "
-                                          "*.index + *.data-* files)")
-        return infos[-1].prefix
-    prefix = strip_checkpoint_suffix(path)
-    if checkpoint_exists(prefix):
-        return os.path.abspath(prefix)
-    if os.path.isfile(prefix + ".index"):
-        raise CheckpointNotFoundError(f"{path}: checkpoint data files missing next to "
-                                      f"{prefix}.index")
-    raise CheckpointNotFoundError(f"{path}: no such checkpoint (expected {prefix}.index and "
-                                  f"{prefix}.data-*)")
-
-
-def read_global_step(prefix: str) -> int | None:
-    """The training step stored in a checkpoint, else its ``-<N>`` name suffix, else None.
-
-    Raises:
-      CheckpointUnavailableError: the files vanished or are unreadable.
-    """
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-        names = reader.get_variable_to_shape_map()
-        for key in _STEP_KEYS:
-            if key in names and not names[key]:  # A scalar.
-                return int(reader.get_tensor(key))
-    except (tf.errors.OpError, ValueError) as err:
-        raise CheckpointUnavailableError(f"{prefix}: cannot read checkpoint: "
-                                         f"{str(err).splitlines()[0]}") from err
-    return checkpoint_number(prefix)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Evaluation engine: VOC07/VOC12 mAP of an SSD checkpoint on a TFRecord dataset.
+"""Evaluation engine: VOC07/VOC12 mAP of an SSD checkpoint on a TFRecord dataset (the loop).
 
 The pieces, each usable on its own (eval_ssd_network.py only turns flags into calls):
 
@@ -9,53 +9,44 @@ The pieces, each usable on its own (eval_ssd_network.py only turns flags into ca
 - :func:`run_evaluation`: drives batches through the detector and feeds a
   ``tf_extended.metrics.VOCEvaluator`` with NumPy arrays (one transfer per batch; the
   metric update of batch i runs in a worker thread while the network computes batch i+1).
-- outputs: :func:`make_record` (the DESIGN.md §6 JSON record), :func:`write_metrics`
-  (metrics.json atomically + one metrics.jsonl line), :func:`format_ap_table`,
-  :func:`write_summaries` (TensorBoard scalars + precision-recall curves),
-  :func:`write_voc_detections` / :func:`read_voc_detections` (VOC devkit ``comp4`` files)
-  and :func:`write_coco_detections`.
+- :func:`load_weights`: a checkpoint's weights (or their moving averages) into the net.
 - :class:`CheckpointEvaluator`: builds the network once and evaluates checkpoint after
-  checkpoint (one file, a directory's latest, or as training writes them).
+  checkpoint (one file, a directory's latest); :func:`evaluate_as_trained` as training
+  writes them (watching through :mod:`engine.checkpoint_watch`).
+
+What evaluation writes (metrics.json(l), the AP table, TensorBoard, devkit / COCO files) is
+:mod:`engine.eval_outputs`; checkpoint paths are resolved by :mod:`fileio.checkpoint_files`;
+the net's settings come from ``nets.configure.resolve_model``.
 
 Boxes are ``(ymin, xmin, ymax, xmax)`` normalized to the ORIGINAL image everywhere in this
-module, except in the devkit / COCO files (pixels, see their writers). Metrics are computed
-in the original image frame: detections are mapped back through ``bbox_img`` (the original
-image's window in the network input; ``(0, 0, 1, 1)`` for the default warp resize) and
-clipped to the image, and compared with the ground truth as stored in the TFRecords.
-IoU is the same in normalized and in pixel units (both axes scale areas alike), so these
-metrics equal the devkit's up to its ``+1`` pixel convention.
+module. Metrics are computed in the original image frame: detections are mapped back through
+``bbox_img`` (the original image's window in the network input; ``(0, 0, 1, 1)`` for the
+default warp resize) and clipped to the image, and compared with the ground truth as stored
+in the TFRecords. IoU is the same in normalized and in pixel units (both axes scale areas
+alike), so these metrics equal the devkit's up to its ``+1`` pixel convention.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
-import math
 import os
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from engine import checkpoint_watch
-from tf_extended import boxes as tfe_boxes
+from engine import checkpoint_watch, eval_outputs
+from engine.eval_outputs import DetectionSet
+from fileio import checkpoint_files
+from fileio.checkpoint_files import CheckpointNotFoundError, CheckpointUnavailableError
+from nets import checkpoints, configure, nets_factory
+from nets.configure import SettingsError
+from preprocessing import pipeline, ssd_vgg_preprocessing
+from tf_extended import metrics
 
 logger = logging.getLogger(__name__)
-
-# The original's --eval_resize values (preprocessing.ssd_vgg_preprocessing.Resize).
-RESIZE_METHODS = {1: "NONE", 2: "CENTRAL_CROP", 3: "PAD_AND_RESIZE", 4: "WARP_RESIZE"}
-
-METRICS_JSON = "metrics.json"
-METRICS_JSONL = "metrics.jsonl"
-# Keys of one metrics record, DESIGN.md §6 (and nothing else).
-RECORD_KEYS = ("checkpoint", "global_step", "num_images", "mAP_VOC07", "mAP_VOC12", "AP_VOC07",
-               "AP_VOC12")
-
-# Thresholds at which precision-recall curves are sampled for TensorBoard's pr_curve plugin.
-PR_CURVE_NUM_THRESHOLDS = 101
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,47 +101,6 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# Runtime.
-
-def configure_runtime(num_threads: int | None = None, gpu_memory_fraction: float | None = None) -> None:
-    """Thread budget and GPU memory, before TensorFlow runs anything.
-
-    Args:
-      num_threads: intra-op threads (inter-op: up to 2) for evaluating beside training on one
-        machine's CPU; None leaves TensorFlow's defaults (all cores).
-      gpu_memory_fraction: take this fraction of each GPU's memory; None grows on demand, so
-        training on the same GPU keeps the rest.
-    """
-    if num_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(num_threads)))
-    for index, gpu in enumerate(tf.config.list_physical_devices("GPU")):
-        total_mb = _gpu_total_memory_mb(index) if gpu_memory_fraction else None
-        if total_mb:
-            limit = int(total_mb * gpu_memory_fraction)
-            tf.config.set_logical_device_configuration(
-                gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
-            logger.info("GPU %d: using %d of %d MiB.", index, limit, total_mb)
-        else:
-            if gpu_memory_fraction:
-                logger.warning("GPU %d: total memory unknown (no nvidia-smi); growing memory "
-                               "on demand instead of --gpu_memory_fraction.", index)
-            tf.config.experimental.set_memory_growth(gpu, True)
-
-
-def _gpu_total_memory_mb(index: int) -> int | None:
-    """Total memory of GPU ``index`` in MiB from nvidia-smi (TF tells it only once in use)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
-                              "-i", str(index)], capture_output=True, text=True, timeout=20, check=True)
-        return int(float(out.stdout.strip().splitlines()[0]))
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------
 # Inference.
 
 DetectFn = Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]]
@@ -159,6 +109,9 @@ DetectFn = Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]]
 def detections_to_image_frame(det: Mapping[str, tf.Tensor], bbox_img: tf.Tensor,
                               clip: bool = True) -> dict[str, tf.Tensor]:
     """Map detections from the network-input frame to the original image's frame.
+
+    The mapping is ``preprocessing.ssd_vgg_preprocessing.bboxes_to_original`` (the inverse of
+    the eval preprocessing's window); this adds the masking of the padded rows.
 
     Args:
       det: ``detected_bboxes`` output: ``boxes`` [N, K, 4] ``(ymin, xmin, ymax, xmax)``
@@ -170,9 +123,9 @@ def detections_to_image_frame(det: Mapping[str, tf.Tensor], bbox_img: tf.Tensor,
     Returns:
       The same dict with boxes normalized to the original image; padded rows stay zero.
     """
-    boxes = tfe_boxes.resize_to_window(det["boxes"], tf.cast(bbox_img, det["boxes"].dtype)[:, None, :])
-    if clip:
-        boxes = tfe_boxes.clip(boxes)
+    boxes = ssd_vgg_preprocessing.bboxes_to_original(
+        det["boxes"], tf.cast(bbox_img, det["boxes"].dtype), clip=clip)
+    # Rows past num_detections are padding: keep them zero (not mapped padding boxes).
     live = tf.range(tf.shape(boxes)[1])[None, :] < tf.cast(det["num_detections"], tf.int32)[:, None]
     out = dict(det)
     out["boxes"] = tf.where(live[..., None], boxes, 0.0)
@@ -254,8 +207,6 @@ def make_eval_dataset(dataset: tf.data.Dataset,
       normalized, ``gt_labels`` int64 [B, G], ``gt_difficult`` int64 [B, G] (padded with
       zeros), ``num_gt`` int32 [B].
     """
-    from preprocessing import pipeline
-
     out_shape = (int(out_shape[0]), int(out_shape[1]))
 
     def rename(images: tf.Tensor, info: dict) -> dict:
@@ -296,30 +247,6 @@ def make_eval_dataset(dataset: tf.data.Dataset,
 
 # ---------------------------------------------------------------------------------------
 # The evaluation loop.
-
-@dataclasses.dataclass
-class DetectionSet:
-    """All detections of one evaluation, NumPy, boxes normalized to the original image.
-
-    Attributes:
-      image_ids: [N] image identifiers (file stems, e.g. VOC's ``'000001'``).
-      shapes: int64 [N, 3] original (height, width, channels).
-      boxes: float32 [N, K, 4] ``(ymin, xmin, ymax, xmax)``.
-      scores: float32 [N, K].
-      classes: int32 [N, K] (1..num_classes-1).
-      num_detections: int32 [N]; rows past it are padding.
-    """
-
-    image_ids: list[str]
-    shapes: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-    num_detections: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
 
 def image_id_from_filename(filename: bytes | str, index: int) -> str:
     """``b'JPEGImages/000001.jpg'`` -> ``'000001'``; empty -> the read index, 6 digits."""
@@ -435,374 +362,7 @@ def run_evaluation(batches: Iterable[Mapping[str, Any]],
 
 
 # ---------------------------------------------------------------------------------------
-# Results: the JSON record, the table, the files.
-
-def _json_float(value: Any) -> float | None:
-    """A float for JSON: NaN / None (a class without ground truth) -> None."""
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def _named(aps: Mapping[Any, Any], labels_to_names: Mapping[int, str]) -> dict[str, float | None]:
-    """Per-class AP keyed by class name (ids mapped through ``labels_to_names``)."""
-    out = {}
-    for key, value in aps.items():
-        if isinstance(key, (int, np.integer)):
-            key = labels_to_names.get(int(key), str(int(key)))
-        out[str(key)] = _json_float(value)
-    return out
-
-
-def make_record(checkpoint: str, global_step: int | None, result: Mapping[str, Any],
-                labels_to_names: Mapping[int, str], num_images: int | None = None) -> dict:
-    """The DESIGN.md §6 record: exactly ``RECORD_KEYS``.
-
-    ``result`` is ``VOCEvaluator.result()``; classes are named by ``labels_to_names``; a class
-    without ground truth has AP ``null``.
-    """
-    return {
-        "checkpoint": checkpoint,
-        "global_step": int(global_step) if global_step is not None else 0,
-        "num_images": int(num_images if num_images is not None else result["num_images"]),
-        "mAP_VOC07": _json_float(result["mAP_VOC07"]),
-        "mAP_VOC12": _json_float(result["mAP_VOC12"]),
-        "AP_VOC07": _named(result["AP_VOC07"], labels_to_names),
-        "AP_VOC12": _named(result["AP_VOC12"], labels_to_names),
-    }
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename (readers never see half)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_metrics(eval_dir: str, record: Mapping[str, Any]) -> None:
-    """``<eval_dir>/metrics.json`` (atomically) and one line appended to ``metrics.jsonl``."""
-    os.makedirs(eval_dir, exist_ok=True)
-    _atomic_write_text(os.path.join(eval_dir, METRICS_JSON),
-                       json.dumps(record, indent=2, allow_nan=False) + "\n")
-    with open(os.path.join(eval_dir, METRICS_JSONL), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
-
-
-def read_metrics_history(eval_dir: str) -> list[dict]:
-    """Records of ``<eval_dir>/metrics.jsonl`` (a torn last line, from a crash, is skipped)."""
-    path = os.path.join(eval_dir, METRICS_JSONL)
-    records = []
-    if not os.path.isfile(path):
-        return records
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s:%d: not a JSON line, ignored.", path, line_no)
-    return records
-
-
-def read_evaluated_checkpoints(eval_dir: str) -> set[str]:
-    """Absolute prefixes of the checkpoints already in ``<eval_dir>/metrics.jsonl``."""
-    return {os.path.abspath(r["checkpoint"]) for r in read_metrics_history(eval_dir)
-            if isinstance(r, dict) and r.get("checkpoint")}
-
-
-def format_ap_table(record: Mapping[str, Any]) -> str:
-    """Per-class AP table (VOC07 11-point and VOC12 area) with the mAPs, as text."""
-    names = list(record["AP_VOC07"])
-    width = max([len("mAP"), len("class")] + [len(n) for n in names])
-
-    def cell(value: float | None) -> str:
-        return f"{value:8.4f}" if value is not None else "   no gt"
-
-    lines = [f"checkpoint {record['checkpoint']}  (step {record['global_step']}, "
-             f"{record['num_images']} images)",
-             f"{'class':<{width}}  AP_VOC07  AP_VOC12",
-             "-" * (width + 20)]
-    for name in names:
-        lines.append(f"{name:<{width}}  {cell(record['AP_VOC07'][name])}  "
-                     f"{cell(record['AP_VOC12'].get(name))}")
-    lines.append("-" * (width + 20))
-    lines.append(f"{'mAP':<{width}}  {cell(record['mAP_VOC07'])}  {cell(record['mAP_VOC12'])}")
-    return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True)
-class PRCurve:
-    """The detections of one class, for a precision-recall curve.
-
-    Attributes:
-      scores: float [M] detection scores.
-      tp: bool/int [M] true positive flags (VOC matching).
-      fp: bool/int [M] false positive flags (detections matched to a difficult box are neither).
-      num_gt: number of (non-difficult) ground-truth boxes.
-    """
-
-    scores: np.ndarray
-    tp: np.ndarray
-    fp: np.ndarray
-    num_gt: int
-
-
-def pr_curve_data(curve: PRCurve, num_thresholds: int = PR_CURVE_NUM_THRESHOLDS) -> np.ndarray:
-    """TensorBoard pr_curve tensor float32 [6, T]: TP, FP, TN, FN, precision, recall.
-
-    Column t is for the score threshold t / (T - 1): detections with score >= it count.
-    TN is 0 (undefined for detection); precision is 1 where nothing is detected.
-    """
-    thresholds = np.linspace(0.0, 1.0, num_thresholds)
-    scores = np.asarray(curve.scores, np.float64)
-    order = np.argsort(-scores, kind="stable")
-    scores = scores[order]
-    cum_tp = np.concatenate([[0], np.cumsum(np.asarray(curve.tp, np.float64)[order])])
-    cum_fp = np.concatenate([[0], np.cumsum(np.asarray(curve.fp, np.float64)[order])])
-    # Number of detections with score >= t (scores sorted descending).
-    count = np.searchsorted(-scores, -thresholds, side="right")
-    tp = cum_tp[count]
-    fp = cum_fp[count]
-    fn = np.maximum(float(curve.num_gt) - tp, 0.0)
-    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-12), 1.0)
-    recall = tp / curve.num_gt if curve.num_gt > 0 else np.zeros_like(tp)
-    return np.stack([tp, fp, np.zeros_like(tp), fn, precision, recall]).astype(np.float32)
-
-
-def write_summaries(writer: tf.summary.SummaryWriter, record: Mapping[str, Any], step: int,
-                    pr_curves: Mapping[str, PRCurve] | None = None) -> None:
-    """TensorBoard: ``AP_VOC07/mAP``, ``AP_VOC12/mAP``, ``AP_VOC07/<class>``, ... and PR curves.
-
-    The original's tags (reference §7). PR curves use the pr_curve plugin
-    (``PR_VOC/<class>``) when per-class detections are given.
-    """
-    with writer.as_default(step=int(step)):
-        for metric in ("VOC07", "VOC12"):
-            if record[f"mAP_{metric}"] is not None:
-                tf.summary.scalar(f"AP_{metric}/mAP", record[f"mAP_{metric}"])
-            for name, ap in record[f"AP_{metric}"].items():
-                if ap is not None:
-                    tf.summary.scalar(f"AP_{metric}/{name}", ap)
-        tf.summary.scalar("eval/num_images", record["num_images"])
-        if pr_curves:
-            from tensorboard.plugins.pr_curve import metadata as pr_metadata
-
-            for name, curve in pr_curves.items():
-                meta = pr_metadata.create_summary_metadata(
-                    display_name=f"PR {name}", description="VOC matching, IoU > threshold",
-                    num_thresholds=PR_CURVE_NUM_THRESHOLDS)
-                tf.summary.write(f"PR_VOC/{name}/pr_curves", pr_curve_data(curve), metadata=meta)
-    writer.flush()
-
-
-# -- VOC devkit and COCO detection files ---------------------------------------------------
-
-# The TFRecords store VOC's 1-based pixel coordinates divided by the image side, without a -1
-# (the original converter's rule, kept by datasets/): pixel = normalized * side.
-_VOC_PIXEL_OFFSET = 0.0
-
-
-def _pixel_boxes(detections: DetectionSet, i: int) -> np.ndarray:
-    """Image i's live detections as 1-based pixel ``(xmin, ymin, xmax, ymax)`` [d, 4]."""
-    d = int(detections.num_detections[i])
-    height, width = float(detections.shapes[i][0]), float(detections.shapes[i][1])
-    ymin, xmin, ymax, xmax = np.moveaxis(detections.boxes[i, :d].astype(np.float64), -1, 0)
-    xy = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=-1)
-    xy = xy + _VOC_PIXEL_OFFSET
-    # Keep every box inside the image in the devkit's 1-based pixels.
-    return np.clip(xy, 1.0, np.array([width, height, width, height]))
-
-
-def voc_detection_filename(split_name: str, class_name: str) -> str:
-    """The VOC devkit's results file name, ``comp4_det_<split>_<class>.txt``."""
-    return f"comp4_det_{split_name}_{class_name}.txt"
-
-
-def write_voc_detections(detections_dir: str, split_name: str, detections: DetectionSet,
-                         labels_to_names: Mapping[int, str]) -> list[str]:
-    """VOC devkit submission files, one per class (competition 4: any training data).
-
-    Each line: ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>``, 1-based pixel
-    coordinates of the original image. Every class gets a file, empty when nothing was found.
-
-    Returns:
-      The paths written.
-    """
-    os.makedirs(detections_dir, exist_ok=True)
-    lines: dict[int, list[str]] = {label: [] for label in labels_to_names if label > 0}
-    for i, image_id in enumerate(detections.image_ids):
-        d = int(detections.num_detections[i])
-        if d == 0:
-            continue
-        xy = _pixel_boxes(detections, i)
-        for label, score, box in zip(detections.classes[i, :d], detections.scores[i, :d], xy):
-            lines.setdefault(int(label), []).append(
-                f"{image_id} {score:.6f} {box[0]:.2f} {box[1]:.2f} {box[2]:.2f} {box[3]:.2f}\n")
-    paths = []
-    for label, rows in sorted(lines.items()):
-        name = labels_to_names.get(label, str(label))
-        path = os.path.join(detections_dir, voc_detection_filename(split_name, name))
-        _atomic_write_text(path, "".join(rows))
-        paths.append(path)
-    return paths
-
-
-def read_voc_detections(detections_dir: str, split_name: str,
-                        labels_to_names: Mapping[int, str]) -> dict[str, list[tuple]]:
-    """Parse devkit files back: ``{image_id: [(label, score, xmin, ymin, xmax, ymax), ...]}``.
-
-    Raises:
-      ValueError: a malformed line (names the file and line).
-    """
-    out: dict[str, list[tuple]] = {}
-    for label, name in sorted(labels_to_names.items()):
-        if label <= 0:
-            continue
-        path = os.path.join(detections_dir, voc_detection_filename(split_name, name))
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 6:
-                    raise ValueError(f"{path}:{line_no}: expected 'image_id score xmin ymin xmax "
-                                     f"ymax', got {line.strip()!r}")
-                out.setdefault(parts[0], []).append((label, *map(float, parts[1:])))
-    return out
-
-
-def write_coco_detections(path: str, detections: DetectionSet,
-                          labels_to_names: Mapping[int, str]) -> int:
-    """COCO results JSON: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
-
-    ``bbox`` is in 0-based pixels of the original image (COCO's convention), converted from
-    the VOC 1-based inclusive box as ``x = xmin - 1, w = xmax - xmin + 1``. ``image_id`` is
-    an int when the VOC id is all digits (``'000001'`` -> 1), else the string;
-    ``category_id`` is the label id; ``category_name`` is added for readability.
-
-    Returns:
-      The number of detections written.
-    """
-    rows = []
-    for i, image_id in enumerate(detections.image_ids):
-        d = int(detections.num_detections[i])
-        if d == 0:
-            continue
-        coco_id: int | str = int(image_id) if image_id.isdigit() else image_id
-        xy = _pixel_boxes(detections, i)
-        for label, score, box in zip(detections.classes[i, :d], detections.scores[i, :d], xy):
-            rows.append({
-                "image_id": coco_id,
-                "category_id": int(label),
-                "category_name": labels_to_names.get(int(label), str(int(label))),
-                "bbox": [round(float(box[0] - 1.0), 2), round(float(box[1] - 1.0), 2),
-                         round(float(box[2] - box[0] + 1.0), 2), round(float(box[3] - box[1] + 1.0), 2)],
-                "score": round(float(score), 6),
-            })
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _atomic_write_text(path, json.dumps(rows) + "\n")
-    return len(rows)
-
-
-# ---------------------------------------------------------------------------------------
-# Model: which net a checkpoint needs, and its weights.
-
-class SettingsError(ValueError):
-    """Flags and checkpoint disagree (model, classes, anchors); the message says which."""
-
-
-def read_checkpoint_metadata(prefix: str) -> dict | None:
-    """The checkpoint's ``.ssd.json`` sidecar (``nets.checkpoints.read_metadata``), or None."""
-    from nets import checkpoints
-
-    return checkpoints.read_metadata(prefix)
-
-
-def resolve_params(model_name: str,
-                   *,
-                   num_classes: int | None = None,
-                   anchor_preset: str | None = None,
-                   image_size: int | None = None,
-                   metadata: Mapping[str, Any] | None = None,
-                   checkpoint: str | None = None,
-                   default_num_classes: int | None = None) -> Any:
-    """The ``SSDParams`` to evaluate a checkpoint with.
-
-    Each setting comes from the flag when given, else the checkpoint's sidecar, else (no
-    sidecar: the original project's and converted checkpoints) the checkpoint's class head
-    size, the dataset's number of classes, and the network's defaults.
-
-    Args:
-      model_name: registry name (``--model_name``).
-      num_classes: ``--num_classes`` (with the background), or None.
-      anchor_preset: ``--anchor_preset`` ('voc', 'coco_ft', ...), or None.
-      image_size: ``--eval_image_size``: square network input side, or None.
-      metadata: the checkpoint's sidecar dict, or None.
-      checkpoint: the checkpoint prefix (to infer the number of classes without a sidecar).
-      default_num_classes: the dataset's number of classes (incl. background).
-
-    Raises:
-      SettingsError: a flag contradicts the sidecar (another model, class count or anchor
-        preset: evaluating with the wrong anchors gives a silently wrong mAP, reference §12).
-      ValueError: unknown model or preset.
-    """
-    import dataclasses as _dc
-
-    from nets import checkpoints, nets_factory
-
-    net_class = nets_factory.get_network(model_name)
-    params = net_class.default_params
-    where = f"{checkpoint}{checkpoints.SIDECAR_SUFFIX}" if checkpoint else "the checkpoint sidecar"
-    if metadata:
-        if metadata.get("model_name") not in (None, model_name):
-            raise SettingsError(f"{where}: checkpoint is a {metadata['model_name']} model, but "
-                                f"--model_name={model_name}")
-        if num_classes is not None and "num_classes" in metadata and \
-                int(metadata["num_classes"]) != int(num_classes):
-            raise SettingsError(f"{where}: checkpoint has {metadata['num_classes']} classes, but "
-                                f"--num_classes={num_classes}")
-        if anchor_preset is not None and metadata.get("anchor_preset") not in (None, anchor_preset):
-            raise SettingsError(f"{where}: checkpoint was trained with anchor preset "
-                                f"{metadata['anchor_preset']!r}, but --anchor_preset={anchor_preset}")
-        params = checkpoints.params_from_metadata(metadata, params)
-    else:
-        if num_classes is None and checkpoint is not None:
-            try:
-                num_classes = checkpoints.infer_num_classes(checkpoint, model_name)
-            except (tf.errors.OpError, OSError, ValueError):
-                num_classes = None
-        if num_classes is None:
-            num_classes = default_num_classes
-        if num_classes is not None:
-            params = _dc.replace(params, num_classes=int(num_classes),
-                                 no_annotation_label=int(num_classes))
-        if anchor_preset is not None:
-            params = params.with_anchor_preset(anchor_preset)
-        elif checkpoint is not None:
-            logger.warning("%s has no %s sidecar: evaluating with anchor preset %r; pass "
-                           "--anchor_preset if the model was trained with other anchors (the "
-                           "original's published ssd_300_vgg.ckpt needs 'coco_ft').", checkpoint,
-                           checkpoints.SIDECAR_SUFFIX, params.anchor_preset)
-    if image_size is not None and tuple(params.img_shape) != (image_size, image_size):
-        logger.warning("Evaluating at %dx%d instead of the trained %s (anchor sizes and steps "
-                       "stay in pixels).", image_size, image_size, tuple(params.img_shape))
-        params = params.with_img_shape((image_size, image_size))
-    return params
-
+# Model weights.
 
 # In the trainer's checkpoints of a run with a moving average, key 'model' holds the averages
 # and this key the raw weights (engine/training.py, docs/training.md).
@@ -823,30 +383,27 @@ def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str
       ``'moving_average'`` or ``'weights'``: what was loaded.
 
     Raises:
-      checkpoint_watch.CheckpointUnavailableError: the files vanished or are truncated.
+      fileio.checkpoint_files.CheckpointUnavailableError: the files vanished, are truncated
+        or corrupt (names the checkpoint).
       nets.checkpoints.CheckpointMismatchError: the checkpoint is of another net (by name).
     """
-    if not checkpoint_watch.checkpoint_exists(prefix):
-        raise checkpoint_watch.CheckpointUnavailableError(f"{prefix}: checkpoint files are gone")
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-        reader_names = reader.get_variable_to_shape_map()
-        net.load_checkpoint(prefix)
-        if any(n.startswith(TRAINER_RAW_WEIGHTS_KEY + "/") for n in reader_names):
-            return "moving_average"
-        if not use_moving_average:
-            return "weights"
-        variables = net.variables_by_checkpoint_name()
-        shadows = {n: f"{n}/ExponentialMovingAverage" for n in variables}
-        if all(s in reader_names for s in shadows.values()):
-            for name, var in variables.items():
-                var.assign(reader.get_tensor(shadows[name]))
-            return "moving_average"
-    except (FileNotFoundError, tf.errors.NotFoundError, tf.errors.DataLossError,
-            tf.errors.OutOfRangeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise checkpoint_watch.CheckpointUnavailableError(
-            f"{prefix}: cannot read checkpoint: {reason}") from err
+    if not checkpoint_files.checkpoint_exists(prefix):
+        raise CheckpointUnavailableError(f"{prefix}: checkpoint files are gone")
+    # open_reader / read_tensor (and net.load_checkpoint, which uses them) turn a vanished,
+    # truncated or corrupt checkpoint into CheckpointUnavailableError naming it.
+    reader = checkpoint_files.open_reader(prefix)
+    reader_names = reader.get_variable_to_shape_map()
+    net.load_checkpoint(prefix)
+    if any(n.startswith(TRAINER_RAW_WEIGHTS_KEY + "/") for n in reader_names):
+        return "moving_average"
+    if not use_moving_average:
+        return "weights"
+    variables = net.variables_by_checkpoint_name()
+    shadows = {n: f"{n}/ExponentialMovingAverage" for n in variables}
+    if all(s in reader_names for s in shadows.values()):
+        for name, var in variables.items():
+            var.assign(checkpoint_files.read_tensor(reader, prefix, shadows[name]))
+        return "moving_average"
     logger.warning("%s holds no moving averages of the weights: evaluating the raw weights.",
                    prefix)
     return "weights"
@@ -858,31 +415,14 @@ def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str
 def default_evaluator_factory(num_classes: int, matching_threshold: float,
                               labels_to_names: Mapping[int, str]) -> Any:
     """A ``tf_extended.metrics.VOCEvaluator`` for ``num_classes`` (incl. background)."""
-    from tf_extended import metrics
-
     return metrics.VOCEvaluator(num_classes=num_classes, matching_threshold=matching_threshold)
-
-
-def evaluator_pr_curves(evaluator: Any, labels_to_names: Mapping[int, str]) -> dict[str, PRCurve]:
-    """Per-class detections (scores, TP/FP flags, #gt) of a VOCEvaluator, by class name."""
-    getter = getattr(evaluator, "pr_data", None)
-    if getter is None:
-        return {}
-    curves = {}
-    for key, value in getter().items():
-        if int(value["num_gt"]) == 0:
-            continue  # No ground truth: no recall, no curve.
-        name = labels_to_names.get(int(key), str(key)) if isinstance(key, (int, np.integer)) else str(key)
-        curves[name] = PRCurve(np.asarray(value["scores"]), np.asarray(value["tp"]),
-                               np.asarray(value["fp"]), int(value["num_gt"]))
-    return curves
 
 
 class CheckpointEvaluator:
     """Evaluates checkpoints one after another: one network, one tf.function, one dataset.
 
     The network is built at the first checkpoint, from the flags and that checkpoint's
-    sidecar (:func:`resolve_params`); later checkpoints must agree with it.
+    sidecar (``nets.configure.resolve_model``); later checkpoints must agree with it.
     Each :meth:`evaluate` writes ``metrics.json`` / ``metrics.jsonl``, TensorBoard summaries
     at the checkpoint's global step and, with ``detections_dir``, the devkit and COCO files.
     """
@@ -937,12 +477,11 @@ class CheckpointEvaluator:
 
     def _setup(self, prefix: str, metadata: dict | None) -> None:
         if self.net is None:
-            from nets import nets_factory
-
-            params = resolve_params(self.model_name, metadata=metadata, checkpoint=prefix,
-                                    default_num_classes=self.dataset_spec.num_classes,
-                                    **self.flags)
-            self.net = nets_factory.get_network(self.model_name)(params, dtype_policy=self.dtype_policy)
+            self.model_name, params = configure.resolve_model(
+                self.model_name, checkpoint=prefix,
+                default_num_classes=self.dataset_spec.num_classes, **self.flags)
+            net_class = nets_factory.get_network(self.model_name)
+            self.net = net_class(params, dtype_policy=self.dtype_policy)
             logger.info("Built %s: %d classes, anchor preset %r, input %s%s.", self.model_name,
                         params.num_classes, params.anchor_preset, tuple(params.img_shape),
                         f", {self.dtype_policy}" if self.dtype_policy else "")
@@ -964,8 +503,6 @@ class CheckpointEvaluator:
         """A later checkpoint must fit the net built for the first one."""
         if metadata is None or metadata == self.metadata:
             return
-        from nets import checkpoints
-
         params = checkpoints.params_from_metadata(metadata, self.net.params)
         mine = self.net.params
         if (metadata.get("model_name") not in (None, self.model_name)
@@ -980,13 +517,13 @@ class CheckpointEvaluator:
 
     def evaluate(self, checkpoint: str) -> dict:
         """Evaluate one checkpoint (prefix, file or directory); returns its metrics record."""
-        prefix = checkpoint_watch.resolve_checkpoint(checkpoint)
-        metadata = read_checkpoint_metadata(prefix)
+        prefix = checkpoint_files.resolve_checkpoint(checkpoint)
+        metadata = checkpoints.read_metadata(prefix)
         if self._dataset is None:
             self._setup(prefix, metadata)
         else:
             self._check_same_model(prefix, metadata)
-        global_step = checkpoint_watch.read_global_step(prefix)
+        global_step = checkpoint_files.read_global_step(prefix)
         loaded = load_weights(self.net, prefix, self.config.use_moving_average)
         if self._frozen:  # a snapshot of these weights
             self._detect_fn = make_detect_fn(self.net, self.config, frozen=True)
@@ -999,23 +536,27 @@ class CheckpointEvaluator:
                                            remove_difficult=self.config.remove_difficult,
                                            keep_detections=keep)
         result = evaluator.result()
-        record = make_record(prefix, global_step, result, self.labels_to_names, stats.num_images)
+        record = eval_outputs.make_record(prefix, global_step, result, self.labels_to_names,
+                                          stats.num_images)
         logger.info("%s: %d images in %.1f s (%.2f images/s, %.0f%% in the detector); "
                     "mAP VOC07 %s, VOC12 %s.", os.path.basename(prefix), stats.num_images,
                     stats.total_secs, stats.num_images / max(stats.total_secs, 1e-9),
                     100.0 * stats.detect_secs / max(stats.total_secs, 1e-9),
                     record["mAP_VOC07"], record["mAP_VOC12"])
-        write_metrics(self.eval_dir, record)
+        eval_outputs.write_metrics(self.eval_dir, record)
         if self.write_tensorboard:
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.eval_dir)
-            write_summaries(self._writer, record, record["global_step"],
-                            evaluator_pr_curves(evaluator, self.labels_to_names))
+            eval_outputs.write_summaries(
+                self._writer, record, record["global_step"],
+                eval_outputs.evaluator_pr_curves(evaluator, self.labels_to_names))
         if keep:
             split = self.dataset_spec.split_name
-            write_voc_detections(self.detections_dir, split, detections, self.labels_to_names)
-            write_coco_detections(os.path.join(self.detections_dir, f"detections_{split}_coco.json"),
-                                  detections, self.labels_to_names)
+            eval_outputs.write_voc_detections(self.detections_dir, split, detections,
+                                              self.labels_to_names)
+            eval_outputs.write_coco_detections(
+                os.path.join(self.detections_dir, f"detections_{split}_coco.json"), detections,
+                self.labels_to_names)
         self.last_stats = stats
         self.last_detections = detections
         return record
@@ -1036,16 +577,16 @@ def evaluate_as_trained(evaluator: CheckpointEvaluator, train_dir: str, *,
     Checkpoints already in ``<eval_dir>/metrics.jsonl`` are skipped (restarts resume).
     A checkpoint whose model differs from the first one's is logged and skipped.
     """
-    done = read_evaluated_checkpoints(evaluator.eval_dir)
+    done = eval_outputs.read_evaluated_checkpoints(evaluator.eval_dir)
     if done:
         logger.info("%d checkpoint(s) already evaluated in %s/%s: skipped.", len(done),
-                    evaluator.eval_dir, METRICS_JSONL)
+                    evaluator.eval_dir, eval_outputs.METRICS_JSONL)
 
     def evaluate_one(prefix: str) -> None:
         try:
             record = evaluator.evaluate(prefix)
-        except checkpoint_watch.CheckpointNotFoundError as err:  # Rotated away meanwhile.
-            raise checkpoint_watch.CheckpointUnavailableError(str(err)) from err
+        except CheckpointNotFoundError as err:  # Rotated away meanwhile.
+            raise CheckpointUnavailableError(str(err)) from err
         except SettingsError as err:
             logger.error("%s", err)
             return

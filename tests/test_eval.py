@@ -1,4 +1,5 @@
-"""engine.evaluation: the metric loop (injected detector), outputs, data, model settings.
+"""engine.evaluation (the metric loop with an injected detector, data, model settings) and
+engine.eval_outputs (records, metrics files, summaries, devkit / COCO files).
 
 The loop runs with a detector function that reads the image index planted in the pixels and
 returns chosen detections, so every expected AP is known; the metrics come from the real
@@ -14,7 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from engine import eval_outputs as eo
 from engine import evaluation as ev
+from fileio import checkpoint_files
+from nets import checkpoints, configure, nets_factory
+from nets.configure import SettingsError
 from tests.test_eval_reference import plant_ssd, reference_voc, softmax_score
 from tf_extended import metrics
 
@@ -112,7 +117,7 @@ def test_perfect_detections_give_one(batch_size, overlap):
     # The smaller last batch is evaluated as it is (7 = 3 + 3 + 1).
     assert planted.calls == [min(batch_size, 7 - s) for s in range(0, 7, batch_size)]
     assert dets.image_ids == [f"{i:06d}" for i in range(1, 8)]
-    record = ev.make_record("/x/ckpt-5", 5, res, NAMES, stats.num_images)
+    record = eo.make_record("/x/ckpt-5", 5, res, NAMES, stats.num_images)
     assert record["AP_VOC07"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0),
                                   "bird": pytest.approx(1.0)}
 
@@ -156,7 +161,7 @@ def test_random_detections_match_the_reference():
         evaluator = _evaluator()
         ev.run_evaluation(planted.batches, planted.detect, evaluator,
                           remove_difficult=remove_difficult)
-        record = ev.make_record("c", 1, evaluator.result(), NAMES, 12)
+        record = eo.make_record("c", 1, evaluator.result(), NAMES, 12)
         ref = reference_voc(images, 4, use_difficult_flags=remove_difficult)
         assert record["AP_VOC07"] == pytest.approx(_by_name(ref["AP_VOC07"]), abs=1e-6)
         assert record["AP_VOC12"] == pytest.approx(_by_name(ref["AP_VOC12"]), abs=1e-6)
@@ -177,14 +182,14 @@ def test_detections_to_image_frame_pad_and_clip():
 
 
 def test_devkit_and_coco_files_round_trip(tmp_path):
-    dets = ev.DetectionSet(
+    dets = eo.DetectionSet(
         image_ids=["000001", "img_b"], shapes=np.array([[100, 200, 3], [50, 40, 3]]),
         boxes=np.array([[[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]],
                         [[0.2, 0.25, 0.6, 0.75], [0, 0, 0, 0]]], np.float32),
         scores=np.array([[0.9, 0.25], [0.5, 0.0]], np.float32),
         classes=np.array([[2, 1], [2, 0]], np.int32),
         num_detections=np.array([2, 1], np.int32))
-    paths = ev.write_voc_detections(str(tmp_path), "test", dets, NAMES)
+    paths = eo.write_voc_detections(str(tmp_path), "test", dets, NAMES)
     assert sorted(os.path.basename(p) for p in paths) == [
         "comp4_det_test_bird.txt", "comp4_det_test_cat.txt", "comp4_det_test_dog.txt"]
     assert open(tmp_path / "comp4_det_test_bird.txt").read() == ""  # Empty, but present.
@@ -192,45 +197,45 @@ def test_devkit_and_coco_files_round_trip(tmp_path):
     assert open(tmp_path / "comp4_det_test_dog.txt").read().splitlines() == [
         "000001 0.900000 40.00 10.00 120.00 50.00",
         "img_b 0.500000 10.00 10.00 30.00 30.00"]
-    back = ev.read_voc_detections(str(tmp_path), "test", NAMES)
+    back = eo.read_voc_detections(str(tmp_path), "test", NAMES)
     assert back == {"000001": [(1, 0.25, 1.0, 1.0, 200.0, 100.0), (2, 0.9, 40.0, 10.0, 120.0, 50.0)],
                     "img_b": [(2, 0.5, 10.0, 10.0, 30.0, 30.0)]}
-    n = ev.write_coco_detections(str(tmp_path / "coco.json"), dets, NAMES)
+    n = eo.write_coco_detections(str(tmp_path / "coco.json"), dets, NAMES)
     rows = json.load(open(tmp_path / "coco.json"))
     assert n == 3 and rows[0] == {"image_id": 1, "category_id": 2, "category_name": "dog",
                                   "bbox": [39.0, 9.0, 81.0, 41.0], "score": 0.9}
     assert rows[2]["image_id"] == "img_b"
     (tmp_path / "comp4_det_test_cat.txt").write_text("000001 0.5 1 2 3\n")
     with pytest.raises(ValueError, match="comp4_det_test_cat.txt:1"):
-        ev.read_voc_detections(str(tmp_path), "test", NAMES)
+        eo.read_voc_detections(str(tmp_path), "test", NAMES)
 
 
 def test_metrics_files(tmp_path):
     res = {"mAP_VOC07": 0.5, "mAP_VOC12": float("nan"), "AP_VOC07": {1: 0.25, 2: 0.75, 3: float("nan")},
            "AP_VOC12": {1: 0.2, 2: 0.7, 3: None}, "num_images": 4}
-    r1 = ev.make_record(str(tmp_path / "ckpt-1"), 1, res, NAMES)
-    assert tuple(r1) == ev.RECORD_KEYS
+    r1 = eo.make_record(str(tmp_path / "ckpt-1"), 1, res, NAMES)
+    assert tuple(r1) == eo.RECORD_KEYS
     assert r1["AP_VOC07"] == {"cat": 0.25, "dog": 0.75, "bird": None} and r1["mAP_VOC12"] is None
     r2 = dict(r1, checkpoint=str(tmp_path / "ckpt-2"), global_step=2)
     eval_dir = str(tmp_path / "eval")
-    ev.write_metrics(eval_dir, r1)
-    ev.write_metrics(eval_dir, r2)
+    eo.write_metrics(eval_dir, r1)
+    eo.write_metrics(eval_dir, r2)
     assert json.load(open(os.path.join(eval_dir, "metrics.json"))) == r2
     lines = open(os.path.join(eval_dir, "metrics.jsonl")).read().splitlines()
     assert [json.loads(line) for line in lines] == [r1, r2]
     assert sorted(os.listdir(eval_dir)) == ["metrics.json", "metrics.jsonl"]  # No temp left.
     with open(os.path.join(eval_dir, "metrics.jsonl"), "a") as f:
         f.write('{"checkpoint": "torn')  # A crash in the middle of a line.
-    assert ev.read_evaluated_checkpoints(eval_dir) == {str(tmp_path / "ckpt-1"),
+    assert eo.read_evaluated_checkpoints(eval_dir) == {str(tmp_path / "ckpt-1"),
                                                        str(tmp_path / "ckpt-2")}
-    table = ev.format_ap_table(r1)
+    table = eo.format_ap_table(r1)
     assert "no gt" in table and "0.2500" in table and table.splitlines()[-1].startswith("mAP")
 
 
 def test_pr_curve_data_hand_values():
-    curve = ev.PRCurve(scores=np.array([0.3, 0.9, 0.8]), tp=np.array([1, 1, 0]),
+    curve = eo.PRCurve(scores=np.array([0.3, 0.9, 0.8]), tp=np.array([1, 1, 0]),
                        fp=np.array([0, 0, 1]), num_gt=4)
-    data = ev.pr_curve_data(curve, num_thresholds=11)
+    data = eo.pr_curve_data(curve, num_thresholds=11)
     tp, fp, tn, fn, precision, recall = data
     # Threshold 0.5 (column 5): detections 0.9 (TP) and 0.8 (FP).
     assert (tp[5], fp[5], fn[5], precision[5], recall[5]) == (1, 1, 3, 0.5, 0.25)
@@ -246,8 +251,8 @@ def test_summaries(tmp_path):
               "mAP_VOC12": 0.4, "AP_VOC07": {"cat": 0.5, "dog": None},
               "AP_VOC12": {"cat": 0.4, "dog": None}}
     writer = tf.summary.create_file_writer(str(tmp_path))
-    curve = ev.PRCurve(np.array([0.9]), np.array([1]), np.array([0]), 1)
-    ev.write_summaries(writer, record, 42, {"cat": curve})
+    curve = eo.PRCurve(np.array([0.9]), np.array([1]), np.array([0]), 1)
+    eo.write_summaries(writer, record, 42, {"cat": curve})
     writer.close()
     values = {}
     for path in tf.io.gfile.glob(str(tmp_path / "events.out.tfevents.*")):
@@ -261,7 +266,7 @@ def test_summaries(tmp_path):
     assert "AP_VOC07/dog" not in values  # No ground truth: no point.
     step, pr = values["PR_VOC/cat/pr_curves"]
     assert step == 42 and pr.metadata.plugin_data.plugin_name == "pr_curves"
-    assert tf.make_ndarray(pr.tensor).shape == (6, ev.PR_CURVE_NUM_THRESHOLDS)
+    assert tf.make_ndarray(pr.tensor).shape == (6, eo.PR_CURVE_NUM_THRESHOLDS)
 
 
 def test_eval_config_rejects_bad_values():
@@ -364,7 +369,7 @@ def test_checkpoint_evaluator_planted_net_is_perfect(tmp_path):
     assert record["num_images"] == 3
     assert record["mAP_VOC07"] == pytest.approx(1.0) and record["mAP_VOC12"] == pytest.approx(1.0)
     # The devkit files hold the planted boxes in each image's own pixels.
-    back = ev.read_voc_detections(str(tmp_path / "dets"), "test", NAMES)
+    back = eo.read_voc_detections(str(tmp_path / "dets"), "test", NAMES)
     assert sorted(back) == ["im0", "im1", "im2"]
     (label, score, x0, y0, x1, y1) = back["im0"][0]
     assert (label, x0, y0, x1, y1) == (1, pytest.approx(6.0), pytest.approx(4.0), pytest.approx(36.0),
@@ -373,39 +378,46 @@ def test_checkpoint_evaluator_planted_net_is_perfect(tmp_path):
 
 
 def test_resolve_params_from_sidecar_and_flags(tmp_path):
-    from nets import checkpoints, nets_factory
-
+    """The net evaluation builds for a checkpoint (nets.configure.resolve_model, as
+    CheckpointEvaluator calls it): flags, else the sidecar, else the checkpoint, else defaults."""
     net_class = nets_factory.get_network("ssd_300_vgg")
-    meta = checkpoints.metadata_for("ssd_300_vgg",
-                                    net_class.default_params.with_anchor_preset("coco_ft"))
-    params = ev.resolve_params("ssd_300_vgg", metadata=meta)
+    # A checkpoint with a sidecar: trained with the coco_ft anchors, 21 classes.
+    prefix = str(tmp_path / "sidecar" / "model.ckpt-1")
+    os.makedirs(os.path.dirname(prefix))
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["global_step"], shape_and_slices=[""],
+                      tensors=[tf.constant(1, tf.int64)])
+    checkpoints.write_metadata(prefix, "ssd_300_vgg",
+                               net_class.default_params.with_anchor_preset("coco_ft"))
+
+    def resolve(model_name, **kwargs):
+        return configure.resolve_model(model_name, **kwargs)[1]
+
+    params = resolve("ssd_300_vgg", checkpoint=prefix)
     assert params.anchor_preset == "coco_ft" and params.num_classes == 21
-    with pytest.raises(ev.SettingsError, match="anchor preset 'coco_ft', but --anchor_preset=voc"):
-        ev.resolve_params("ssd_300_vgg", anchor_preset="voc", metadata=meta)
-    with pytest.raises(ev.SettingsError, match="21 classes, but --num_classes=5"):
-        ev.resolve_params("ssd_300_vgg", num_classes=5, metadata=meta)
-    with pytest.raises(ev.SettingsError, match="ssd_300_vgg model, but --model_name=ssd_512_vgg"):
-        ev.resolve_params("ssd_512_vgg", metadata=meta)
+    with pytest.raises(SettingsError, match="anchor preset 'coco_ft', but --anchor_preset=voc"):
+        resolve("ssd_300_vgg", anchor_preset="voc", checkpoint=prefix)
+    with pytest.raises(SettingsError, match="21 classes, but --num_classes=5"):
+        resolve("ssd_300_vgg", num_classes=5, checkpoint=prefix)
+    with pytest.raises(SettingsError, match="ssd_300_vgg model, but --model_name=ssd_512_vgg"):
+        resolve("ssd_512_vgg", checkpoint=prefix)
     # No sidecar: flags, else the dataset's class count, else the defaults.
-    params = ev.resolve_params("ssd_300_vgg", anchor_preset="coco_ft", default_num_classes=5)
+    params = resolve("ssd_300_vgg", anchor_preset="coco_ft", default_num_classes=5)
     assert params.anchor_preset == "coco_ft" and params.num_classes == 5
     with pytest.raises(ValueError, match="Unknown network name"):
-        ev.resolve_params("inception_v3")
+        resolve("inception_v3")
     # --eval_image_size: feature maps follow the input size.
-    params = ev.resolve_params("ssd_300_vgg", image_size=320)
+    params = resolve("ssd_300_vgg", image_size=320)
     assert params.img_shape == (320, 320) and params.feat_shapes[0] == (40, 40)
     # A checkpoint without sidecar (the original's, Caffe's): classes from its class heads.
     net = plant_ssd([[0.1, 0.1, 0.5, 0.5]], [1], [9.0], num_classes=7)
     prefix = net.save_checkpoint(str(tmp_path / "model.ckpt"))
     os.remove(prefix + checkpoints.SIDECAR_SUFFIX)
-    params = ev.resolve_params("ssd_300_vgg", checkpoint=prefix, default_num_classes=21)
+    params = resolve("ssd_300_vgg", checkpoint=prefix, default_num_classes=21)
     assert params.num_classes == 7 and params.anchor_preset == "voc"
 
 
 def test_load_weights_moving_average_tf1_names(tmp_path):
     """A TF1 checkpoint with ``<name>/ExponentialMovingAverage`` shadows (TF1 slim training)."""
-    from nets import nets_factory
-
     net = nets_factory.get_network("ssd_300_vgg")()
     variables = net.variables_by_checkpoint_name()
     names, tensors = [], []
@@ -421,15 +433,12 @@ def test_load_weights_moving_average_tf1_names(tmp_path):
     assert all(float(tf.reduce_min(v)) == 2.0 for v in variables.values())
     for f in os.listdir(tmp_path):
         os.remove(tmp_path / f)
-    from engine import checkpoint_watch
-    with pytest.raises(checkpoint_watch.CheckpointUnavailableError, match="gone"):
+    with pytest.raises(checkpoint_files.CheckpointUnavailableError, match="gone"):
         ev.load_weights(net, prefix)
 
 
 def test_load_weights_trainer_checkpoint_with_moving_average(tmp_path):
     """The trainer's format: key 'model' = averages, 'train_model' = raw weights, 'step'."""
-    from nets import checkpoints, nets_factory
-
     net_class = nets_factory.get_network("ssd_300_vgg")
     raw, avg, net = net_class(), net_class(), net_class()
     for value, model in ((1.0, raw), (2.0, avg)):
@@ -439,8 +448,7 @@ def test_load_weights_trainer_checkpoint_with_moving_average(tmp_path):
     manager = tf.train.CheckpointManager(ckpt, str(tmp_path), max_to_keep=2)
     prefix = manager.save(checkpoint_number=1234)
     checkpoints.write_metadata(prefix, "ssd_300_vgg", net.params)
-    from engine import checkpoint_watch
-    assert checkpoint_watch.read_global_step(prefix) == 1234
+    assert checkpoint_files.read_global_step(prefix) == 1234
     first = "ssd_300_vgg/block11_box/conv_cls/biases"
     # 'model' is what to evaluate: the averages, with or without the flag (docs/training.md).
     for flag in (False, True):

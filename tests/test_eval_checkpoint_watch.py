@@ -1,4 +1,5 @@
-"""engine.checkpoint_watch: finding checkpoints, reading their step, watching a train_dir.
+"""Finding checkpoints and reading their step (fileio.checkpoint_files), watching a train_dir
+(engine.checkpoint_watch).
 
 Real checkpoint files on disk (TF2 object-based and TF1-named), a fake clock for the watcher.
 """
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from engine import checkpoint_watch as cw
+from fileio import checkpoint_files as cf
 
 
 def _write_tf2(prefix: str, step: int | None = None) -> str:
@@ -40,14 +42,14 @@ def _write_state(directory: str, latest: str, all_paths: list) -> None:
 
 
 def test_strip_suffix_and_number():
-    assert cw.strip_checkpoint_suffix("/a/model.ckpt-12.index") == "/a/model.ckpt-12"
-    assert cw.strip_checkpoint_suffix("/a/ckpt-3.data-00000-of-00001") == "/a/ckpt-3"
-    assert cw.strip_checkpoint_suffix("/a/ssd_300_vgg.ckpt.meta") == "/a/ssd_300_vgg.ckpt"
-    assert cw.strip_checkpoint_suffix("/a/ssd_300_vgg.ckpt.ssd.json") == "/a/ssd_300_vgg.ckpt"
-    assert cw.strip_checkpoint_suffix("/a/ssd_300_vgg.ckpt") == "/a/ssd_300_vgg.ckpt"
-    assert cw.checkpoint_number("/a/model.ckpt-1200") == 1200
-    assert cw.checkpoint_number("/a/ckpt-7") == 7
-    assert cw.checkpoint_number("/a/ssd_300_vgg.ckpt") is None
+    assert cf.strip_checkpoint_suffix("/a/model.ckpt-12.index") == "/a/model.ckpt-12"
+    assert cf.strip_checkpoint_suffix("/a/ckpt-3.data-00000-of-00001") == "/a/ckpt-3"
+    assert cf.strip_checkpoint_suffix("/a/ssd_300_vgg.ckpt.meta") == "/a/ssd_300_vgg.ckpt"
+    assert cf.strip_checkpoint_suffix("/a/ssd_300_vgg.ckpt.ssd.json") == "/a/ssd_300_vgg.ckpt"
+    assert cf.strip_checkpoint_suffix("/a/ssd_300_vgg.ckpt") == "/a/ssd_300_vgg.ckpt"
+    assert cf.checkpoint_number("/a/model.ckpt-1200") == 1200
+    assert cf.checkpoint_number("/a/ckpt-7") == 7
+    assert cf.checkpoint_number("/a/ssd_300_vgg.ckpt") is None
 
 
 def test_resolve_file_forms_and_directory(tmp_path):
@@ -56,28 +58,28 @@ def test_resolve_file_forms_and_directory(tmp_path):
     p10 = _write_tf2(os.path.join(d, "ckpt-10"), step=10)
     # No 'checkpoint' state file: the directory's latest is the highest number, not 'ckpt-5'
     # (which would sort last as a string).
-    assert cw.resolve_checkpoint(d) == os.path.abspath(p10)
+    assert cf.resolve_checkpoint(d) == os.path.abspath(p10)
     for form in (p5, p5 + ".index", p5 + ".data-00000-of-00001"):
-        assert cw.resolve_checkpoint(form) == os.path.abspath(p5)
+        assert cf.resolve_checkpoint(form) == os.path.abspath(p5)
     # With a state file its choice wins (here deliberately the older one).
     _write_state(d, "ckpt-5", ["ckpt-5", "ckpt-10"])
-    assert cw.resolve_checkpoint(d) == os.path.abspath(p5)
+    assert cf.resolve_checkpoint(d) == os.path.abspath(p5)
     # A state file pointing at a rotated-away checkpoint falls back to listing.
     _write_state(d, "ckpt-99", ["ckpt-99"])
-    assert cw.resolve_checkpoint(d) == os.path.abspath(p10)
+    assert cf.resolve_checkpoint(d) == os.path.abspath(p10)
 
 
 def test_resolve_errors_name_the_path(tmp_path):
-    with pytest.raises(cw.CheckpointNotFoundError, match="no such checkpoint"):
-        cw.resolve_checkpoint(str(tmp_path / "nope.ckpt"))
-    with pytest.raises(cw.CheckpointNotFoundError, match="holds no checkpoint"):
-        cw.resolve_checkpoint(str(tmp_path))
+    with pytest.raises(cf.CheckpointNotFoundError, match="no such checkpoint"):
+        cf.resolve_checkpoint(str(tmp_path / "nope.ckpt"))
+    with pytest.raises(cf.CheckpointNotFoundError, match="holds no checkpoint"):
+        cf.resolve_checkpoint(str(tmp_path))
     p = _write_tf2(str(tmp_path / "ckpt-1"))
     os.remove(p + ".data-00000-of-00001")
-    with pytest.raises(cw.CheckpointNotFoundError, match="data files missing"):
-        cw.resolve_checkpoint(p)
-    with pytest.raises(cw.CheckpointNotFoundError, match="empty"):
-        cw.resolve_checkpoint("")
+    with pytest.raises(cf.CheckpointNotFoundError, match="data files missing"):
+        cf.resolve_checkpoint(p)
+    with pytest.raises(cf.CheckpointNotFoundError, match="empty"):
+        cf.resolve_checkpoint("")
 
 
 def test_incomplete_checkpoints_are_not_listed(tmp_path):
@@ -91,21 +93,21 @@ def test_incomplete_checkpoints_are_not_listed(tmp_path):
     # ckpt-4 of two shards, one missing.
     p4 = _write_tf2(os.path.join(d, "ckpt-4"), step=4)
     os.rename(p4 + ".data-00000-of-00001", p4 + ".data-00000-of-00002")
-    infos = cw.list_checkpoints(d)
+    infos = cf.list_checkpoints(d)
     assert [i.number for i in infos] == [1, 2]
     assert infos[0].prefix == os.path.abspath(done)
     open(p3 + ".index", "wb").write(index3)
-    assert [i.number for i in cw.list_checkpoints(d)] == [1, 2, 3]
+    assert [i.number for i in cf.list_checkpoints(d)] == [1, 2, 3]
 
 
 def test_read_global_step(tmp_path):
-    assert cw.read_global_step(_write_tf2(str(tmp_path / "ckpt-3"), step=1234)) == 1234
-    assert cw.read_global_step(_write_tf1(str(tmp_path / "model.ckpt-50"), global_step=77)) == 77
+    assert cf.read_global_step(_write_tf2(str(tmp_path / "ckpt-3"), step=1234)) == 1234
+    assert cf.read_global_step(_write_tf1(str(tmp_path / "model.ckpt-50"), global_step=77)) == 77
     # No step variable: the name's number (TF1 Saver names files by global step), else None.
-    assert cw.read_global_step(_write_tf1(str(tmp_path / "model.ckpt-50b-8"))) == 8
-    assert cw.read_global_step(_write_tf1(str(tmp_path / "ssd_300_vgg.ckpt"))) is None
-    with pytest.raises(cw.CheckpointUnavailableError, match="ckpt-404"):
-        cw.read_global_step(str(tmp_path / "ckpt-404"))
+    assert cf.read_global_step(_write_tf1(str(tmp_path / "model.ckpt-50b-8"))) == 8
+    assert cf.read_global_step(_write_tf1(str(tmp_path / "ssd_300_vgg.ckpt"))) is None
+    with pytest.raises(cf.CheckpointUnavailableError, match="ckpt-404"):
+        cf.read_global_step(str(tmp_path / "ckpt-404"))
 
 
 class _FakeTime:
@@ -144,7 +146,7 @@ def test_watch_order_rotation_retry_and_timeout(tmp_path):
                     os.remove(os.path.join(d, f))
         if failures.get(name):
             failures[name] -= 1
-            raise cw.CheckpointUnavailableError(f"{prefix}: truncated data")
+            raise cf.CheckpointUnavailableError(f"{prefix}: truncated data")
         seen.append(name)
 
     def later(now):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from engine import eval_outputs as eo
 from engine import evaluation as ev
 from tests.test_eval_reference import plant_ssd, reference_voc, softmax_score
 from tf_extended import metrics
@@ -92,7 +93,7 @@ def test_end_to_end_metrics_devkit_and_summaries(data, tmp_path):
                            f"--detections_dir={dets_dir}", "--batch_size=3"])
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.load(open(eval_dir / "metrics.json"))
-    assert tuple(record) == ev.RECORD_KEYS
+    assert tuple(record) == eo.RECORD_KEYS
     assert record["checkpoint"] == os.path.abspath(prefix) and record["global_step"] == 500
     assert record["num_images"] == len(fx.images) == 10
     # Evaluation order = the order of the lines of a devkit file (every image has a cat).
@@ -108,7 +109,7 @@ def test_end_to_end_metrics_devkit_and_summaries(data, tmp_path):
 
     # The devkit files parse back to the planted detections, in each image's pixels, and
     # VOCEvaluator on them (with the TFRecords' ground truth) gives metrics.json.
-    back = ev.read_voc_detections(str(dets_dir), "test", NAMES)
+    back = eo.read_voc_detections(str(dets_dir), "test", NAMES)
     assert sorted(back) == sorted(fx.ids)
     evaluator = metrics.VOCEvaluator(num_classes=4, matching_threshold=0.5)
     for im in (fx.by_id[i] for i in order):
@@ -121,7 +122,7 @@ def test_end_to_end_metrics_devkit_and_summaries(data, tmp_path):
         det = pixels[:, [1, 0, 3, 2]] / [h, w, h, w]
         evaluator.update(im.bboxes_normalized(), im.labels, im.difficult, det,
                          np.array(LABELS), np.array([r[1] for r in rows]))
-    res = ev.make_record(record["checkpoint"], 500, evaluator.result(), NAMES)
+    res = eo.make_record(record["checkpoint"], 500, evaluator.result(), NAMES)
     assert res["mAP_VOC07"] == pytest.approx(record["mAP_VOC07"], abs=1e-6)
     assert res["AP_VOC12"] == pytest.approx(record["AP_VOC12"], abs=1e-6)
     coco = json.load(open(dets_dir / "detections_test_coco.json"))
@@ -181,6 +182,34 @@ def test_bad_input_gives_one_line_and_exit_code(data, tmp_path):
     result = _run(flags + [f"--checkpoint_path={prefix}", "--anchor_preset=coco_ft",
                            f"--eval_dir={tmp_path / 'eval'}"])
     assert result.returncode == 2 and "anchor preset 'voc'" in result.stderr
+
+
+def test_help_exits_zero_and_lists_every_net():
+    from nets import nets_factory
+
+    result = _run(["--help"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert "--checkpoint_path" in text and "--dataset_dir" in text and "Traceback" not in text
+    model_help = text[text.index("\n  --model_name:"):].split("\n  --", 2)[1]
+    assert all(name in model_help for name in nets_factory.network_names())
+
+
+def test_truncated_checkpoint_gives_one_line_naming_it(data, tmp_path):
+    root, fx, flags = data
+    net = plant_ssd(BOXES, LABELS, LOGITS, num_classes=4)
+    prefix = net.save_checkpoint(str(tmp_path / "train" / "model.ckpt-3"))
+    data_file = prefix + ".data-00000-of-00001"
+    with open(data_file, "r+b") as f:
+        f.truncate(os.path.getsize(data_file) // 2)
+    eval_dir = tmp_path / "eval"
+    result = _run(flags + [f"--checkpoint_path={prefix}", f"--eval_dir={eval_dir}"])
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [l for l in result.stderr.splitlines() if l.startswith("eval_ssd_network.py: error:")]
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert os.path.abspath(prefix) in errors[0]
+    assert not os.path.exists(eval_dir / "metrics.json")  # Nothing half-written.
 
 
 def _wait_for_lines(path, n, proc, timeout=240):
@@ -251,7 +280,7 @@ def test_restart_skips_checkpoints_already_in_metrics_jsonl(tmp_path):
             self.seen.append(os.path.basename(prefix))
             record = {"checkpoint": prefix, "global_step": 0, "num_images": 0, "mAP_VOC07": None,
                       "mAP_VOC12": None, "AP_VOC07": {}, "AP_VOC12": {}}
-            ev.write_metrics(self.eval_dir, record)
+            eo.write_metrics(self.eval_dir, record)
             return record
 
     first = Stub()
@@ -262,4 +291,4 @@ def test_restart_skips_checkpoints_already_in_metrics_jsonl(tmp_path):
     stats = ev.evaluate_as_trained(again, str(train_dir), interval_secs=0.01, timeout_secs=0.05)
     assert again.seen == ["ckpt-3"] and stats.timed_out
     assert len(open(eval_dir / "metrics.jsonl").read().splitlines()) == 3
-    assert os.path.abspath(prefixes[2]) in ev.read_evaluated_checkpoints(str(eval_dir))
+    assert os.path.abspath(prefixes[2]) in eo.read_evaluated_checkpoints(str(eval_dir))
