@@ -16,6 +16,8 @@ from engine.devices import MIXED_PRECISION_MODES
 from nets import nets_factory, ssd_params
 
 FLAGS = flags.FLAGS
+# The groups' flags belong to the script that calls them: they show in its --help.
+flags.disclaim_key_flags()
 
 DATASET_NAMES_HELP = ("pascalvoc_2007, pascalvoc_2012, pascalvoc_0712, or voc/custom for any "
                       "converted VOC-format dataset")
@@ -39,15 +41,17 @@ def define_dataset_flags(split_default: str) -> None:
 
 def define_model_flags(model_default: Optional[str], *, with_preprocessing: bool = True,
                        anchor_default_help: str = "the checkpoint's sidecar, else the model "
-                       "default 'voc'") -> None:
+                       "default 'voc'",
+                       num_classes_default_help: str = "the checkpoint's sidecar, else its "
+                       "class heads, else the dataset's; 21 for VOC") -> None:
     """--model_name, --num_classes, --anchor_preset (and --preprocessing_name)."""
     default = f"Default: {model_default}." if model_default else (
         "Default: the checkpoint's .ssd.json sidecar, else its variable scope, else ssd_300_vgg.")
     flags.DEFINE_string("model_name", model_default,
                         f"Network: {_names(nets_factory.network_names())}. {default}")
     flags.DEFINE_integer("num_classes", None,
-                         "Number of classes including the background (default: the checkpoint's "
-                         "sidecar, else its class heads, else the dataset's; 21 for VOC).")
+                         "Number of classes including the background (default: "
+                         f"{num_classes_default_help}).")
     flags.DEFINE_string("anchor_preset", None,
                         f"Anchor sizes: {_names(ssd_params.anchor_preset_names())} (default: "
                         f"{anchor_default_help}). The original's published ssd_300_vgg.ckpt "
