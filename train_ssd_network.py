@@ -18,13 +18,33 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
-import sys
+import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from cli import app  # noqa: E402
+from cli.flags import (config_from_flags, define_dataset_flags, define_device_flags,  # noqa: E402
+                       define_model_flags)
+from engine import optimizers as opt_lib  # noqa: E402
+from engine import recipes, training  # noqa: E402
+from engine.train_config import AUGMENTATIONS, TrainConfig  # noqa: E402
+from tf_extended.losses import MINING_MODES, NORMALIZATIONS  # noqa: E402
+from tf_extended.targets import MATCHING_MODES  # noqa: E402
 
 FLAGS = flags.FLAGS
+
+# =========================================================================== #
+# Shared groups: dataset, model, devices (cli/flags.py).
+# =========================================================================== #
+define_dataset_flags("train")
+define_model_flags("ssd_300_vgg",
+                   anchor_default_help="from --recipe (caffe_voc: voc; original: coco_ft)",
+                   num_classes_default_help="the dataset's, 21 for VOC; a different value is "
+                   "an error")
+define_device_flags("Compute in bfloat16 or float16 (variables stay float32). float16 uses "
+                    "dynamic loss scaling (keras.optimizers.LossScaleOptimizer).")
 
 # =========================================================================== #
 # SSD network flags.
@@ -33,21 +53,17 @@ flags.DEFINE_float("loss_alpha", 1.0, "Weight of the localisation (smooth L1) lo
 flags.DEFINE_float("negative_ratio", 3.0, "Hard negative mining: negatives per positive.")
 flags.DEFINE_float("match_threshold", 0.5,
                    "IoU above which an anchor is matched to a ground-truth box (positive).")
-flags.DEFINE_enum("matching", None, ["caffe", "original"],
+flags.DEFINE_enum("matching", None, list(MATCHING_MODES),
                   "Target matching: 'caffe' = bipartite (each box takes its best anchor) + "
                   "per-prediction IoU > match_threshold; 'original' = per-prediction only, as "
                   "balancap/SSD-Tensorflow. Default: from --recipe (caffe_voc: caffe; "
                   "original: original).")
-flags.DEFINE_enum("negative_mining", None, ["per_image", "batch"],
+flags.DEFINE_enum("negative_mining", None, list(MINING_MODES),
                   "Hard negative mining per image (Caffe) or over the whole batch (original). "
                   "Default: from --recipe.")
-flags.DEFINE_enum("loss_normalization", None, ["positives", "batch_size"],
+flags.DEFINE_enum("loss_normalization", None, list(NORMALIZATIONS),
                   "Divide the loss by the number of matched anchors (Caffe, 'positives') or by "
                   "the batch size (original, 'batch_size'). Default: from --recipe.")
-flags.DEFINE_string("anchor_preset", None,
-                    "Anchor sizes: 'voc' (Caffe VOC0712 models) or 'coco_ft' (the COCO / '_ft' "
-                    "models and the original's default). Default: from --recipe (caffe_voc: "
-                    "voc; original: coco_ft).")
 
 # =========================================================================== #
 # General flags.
@@ -67,19 +83,13 @@ flags.DEFINE_integer("save_summaries_secs", 600,
                      "Write TensorBoard summaries every this many seconds.")
 flags.DEFINE_integer("save_interval_secs", 600, "Save a checkpoint every this many seconds.")
 flags.DEFINE_integer("keep_checkpoint_max", 5, "Number of recent checkpoints kept in train_dir.")
-flags.DEFINE_float("gpu_memory_fraction", None,
-                   "Fraction of each GPU's memory TensorFlow may use (default: grow as needed; "
-                   "the original reserved 0.8 up front).")
-flags.DEFINE_string("recipe", "caffe_voc",
-                    "Recipe that sets the defaults of the flags marked 'from --recipe': "
-                    "'caffe_voc' (Caffe SSD's VOC recipe: SGD momentum 0.9, lr 1e-3 x0.1 at 80k "
-                    "and 100k, 120k steps, batch 32, weight decay 5e-4, Caffe matching, mining "
-                    "and augmentation, 'voc' anchors) or 'original' (balancap/SSD-Tensorflow: "
-                    "RMSProp, lr 0.01 x0.94 every 2 epochs, original matching, batch-wide mining, "
-                    "its augmentation, 'coco_ft' anchors).")
-flags.DEFINE_enum("mixed_precision", None, ["bfloat16", "float16"],
-                  "Compute in bfloat16 or float16 (variables stay float32). float16 uses "
-                  "dynamic loss scaling (keras.optimizers.LossScaleOptimizer).")
+flags.DEFINE_enum("recipe", "caffe_voc", list(recipes.RECIPES),
+                  "Recipe that sets the defaults of the flags marked 'from --recipe': "
+                  "'caffe_voc' (Caffe SSD's VOC recipe: SGD momentum 0.9, lr 1e-3 x0.1 at 80k "
+                  "and 100k, 120k steps, batch 32, weight decay 5e-4, Caffe matching, mining "
+                  "and augmentation, 'voc' anchors) or 'original' (balancap/SSD-Tensorflow: "
+                  "RMSProp, lr 0.01 x0.94 every 2 epochs, original matching, batch-wide mining, "
+                  "its augmentation, 'coco_ft' anchors).")
 flags.DEFINE_boolean("jit_compile", False, "Compile the forward/backward pass with XLA.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights initialisation, data order, augmentation).")
 
@@ -97,8 +107,7 @@ flags.DEFINE_float("bias_lr_mult", None,
 flags.DEFINE_boolean("decay_l2norm_scale", None,
                      "Also weight-decay the conv4_3 L2Normalization scale (Caffe does). "
                      "Default: from --recipe.")
-flags.DEFINE_enum("optimizer", None,
-                  ["adadelta", "adagrad", "adam", "adamw", "ftrl", "momentum", "rmsprop", "sgd"],
+flags.DEFINE_enum("optimizer", None, list(opt_lib.OPTIMIZERS),
                   "The optimizer. Default: from --recipe (caffe_voc: momentum; original: rmsprop).")
 flags.DEFINE_float("adadelta_rho", 0.95, "The decay rate for adadelta.")
 flags.DEFINE_float("adagrad_initial_accumulator_value", 0.1,
@@ -124,8 +133,7 @@ flags.DEFINE_float("moving_average_decay", None,
 # =========================================================================== #
 # Learning rate flags.
 # =========================================================================== #
-flags.DEFINE_enum("learning_rate_decay_type", None,
-                  ["fixed", "exponential", "polynomial", "piecewise", "cosine"],
+flags.DEFINE_enum("learning_rate_decay_type", None, list(opt_lib.DECAY_TYPES),
                   "How the learning rate decays: fixed; exponential (staircase, x decay_factor "
                   "every num_epochs_per_decay epochs); polynomial (linear to end_learning_rate "
                   "over num_epochs_per_decay epochs); piecewise (Caffe multistep: "
@@ -153,30 +161,14 @@ flags.DEFINE_integer("warmup_steps", None,
                      "from --recipe (caffe_voc: 1000; original: 0).")
 
 # =========================================================================== #
-# Dataset flags.
+# Dataset flags (besides the shared group).
 # =========================================================================== #
-flags.DEFINE_string("dataset_name", None,
-                    "Dataset name (required): pascalvoc_2007, pascalvoc_2012, pascalvoc_0712, "
-                    "or voc/custom for any converted VOC-format dataset.")
-flags.DEFINE_integer("num_classes", None,
-                     "Number of classes including the background; default: the dataset's "
-                     "(21 for VOC). A different value is an error.")
-flags.DEFINE_string("dataset_split_name", "train", "The split to train on.")
-flags.DEFINE_string("dataset_dir", None, "Directory of the TFRecord files (required).")
-flags.DEFINE_string("file_pattern", None,
-                    "Glob of the TFRecord files ('%s' = the split), relative to dataset_dir; "
-                    "default: the dataset's.")
-flags.DEFINE_string("labels_file", None,
-                    "Label map of a custom dataset: one class name per line (ids 1..N).")
 flags.DEFINE_integer("num_samples", None,
                      "Examples per epoch (default: counted from the TFRecord files).")
 flags.DEFINE_integer("labels_offset", 0,
                      "Offset of the labels (kept from the original, which ignored it; must "
                      "be 0).")
-flags.DEFINE_string("model_name", "ssd_300_vgg", "The network to train (see nets_factory).")
-flags.DEFINE_string("preprocessing_name", None,
-                    "Preprocessing to use; default: the one of model_name.")
-flags.DEFINE_enum("augmentation", None, ["caffe", "original", "none"],
+flags.DEFINE_enum("augmentation", None, list(AUGMENTATIONS),
                   "Training augmentation: Caffe SSD's (photometric, zoom-out, IoU-constrained "
                   "crops, flip), the original's, or none (warp resize only). Default: from "
                   "--recipe.")
@@ -214,96 +206,37 @@ flags.DEFINE_boolean("export_tf1_checkpoint", True,
                      "At the end, also write train_dir/export/model.ckpt-<step> with TF-Slim "
                      "variable names.")
 
-_RECIPE_FIELDS = ("matching", "negative_mining", "loss_normalization", "anchor_preset",
-                  "weight_decay", "bias_lr_mult", "decay_l2norm_scale", "optimizer",
-                  "learning_rate_decay_type", "learning_rate", "warmup_steps", "augmentation",
-                  "batch_size", "max_number_of_steps")
 
-
-class _FlagsUsageError(Exception):
-    pass
-
-
-def _parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except SystemExit as done:
-        # absl exits with 1 after printing --help; asking for help is not an error.
-        if any(a.split("=")[0] in ("--help", "-h", "-?", "--helpfull", "--helpshort",
-                                   "--helpxml") for a in argv[1:]):
-            sys.exit(0)
-        raise done
-    except flags.Error as err:
-        sys.stderr.write(f"train_ssd_network.py: usage error: {err}\n"
-                         "Try --help for the list of flags.\n")
-        sys.exit(2)
-
-
-def _to_tuple(values, kind, flag):
+def _numbers(name: str, kind: type) -> tuple | None:
+    """A comma-separated list flag as a tuple of ``kind`` (None when not given)."""
+    values = getattr(FLAGS, name)
     if values is None:
         return None
     try:
         return tuple(kind(v) for v in values if str(v).strip())
     except ValueError:
-        raise _FlagsUsageError(f"--{flag}: expected comma-separated numbers, got "
-                               f"{','.join(values)!r}") from None
+        raise app.UsageError(f"--{name}: expected comma-separated numbers, got "
+                             f"{','.join(values)!r}") from None
 
 
-def config_from_flags():
-    """A TrainConfig from the parsed flags (recipe fields left None when not given)."""
-    from engine.training import TrainConfig
-
-    values = {}
-    for name in ("loss_alpha", "negative_ratio", "match_threshold", "train_dir", "num_clones",
-                 "clone_on_cpu", "num_readers", "num_preprocessing_threads",
-                 "log_every_n_steps", "save_summaries_secs", "save_interval_secs",
-                 "keep_checkpoint_max", "gpu_memory_fraction", "recipe", "mixed_precision",
-                 "jit_compile", "seed", "adadelta_rho", "adagrad_initial_accumulator_value",
-                 "adam_beta1", "adam_beta2", "opt_epsilon", "ftrl_learning_rate_power",
-                 "ftrl_initial_accumulator_value", "ftrl_l1", "ftrl_l2", "momentum",
-                 "rmsprop_momentum", "rmsprop_decay", "moving_average_decay",
-                 "end_learning_rate", "label_smoothing", "learning_rate_decay_factor",
-                 "num_epochs_per_decay", "dataset_name", "num_classes", "dataset_split_name",
-                 "dataset_dir", "file_pattern", "labels_file", "num_samples", "labels_offset",
-                 "model_name", "preprocessing_name", "train_image_size", "overfit_one_batch",
-                 "checkpoint_path", "checkpoint_model_scope", "checkpoint_exclude_scopes",
-                 "trainable_scopes", "ignore_missing_vars", "export_tf1_checkpoint") \
-            + _RECIPE_FIELDS:
-        values[name] = getattr(FLAGS, name)
-    values["dataset_name"] = values["dataset_name"] or ""
-    values["dataset_dir"] = values["dataset_dir"] or ""
-    values["learning_rate_boundaries"] = _to_tuple(FLAGS.learning_rate_boundaries, int,
-                                                   "learning_rate_boundaries")
-    values["learning_rate_values"] = _to_tuple(FLAGS.learning_rate_values, float,
-                                               "learning_rate_values")
-    return TrainConfig(**values)
-
-
-def main(argv):
+def main(argv: list[str]) -> int:
     del argv
     logging.set_verbosity(logging.INFO)
     py_logging.getLogger().setLevel(py_logging.INFO)
-    from engine import training
-
-    try:
-        config = config_from_flags()
-    except _FlagsUsageError as err:
-        sys.stderr.write(f"train_ssd_network.py: usage error: {err}\n")
-        return 2
-    try:
-        result = training.train(config)
-    except training.TrainingError as err:
-        sys.stderr.write(f"train_ssd_network.py: error: {err}\n")
-        return err.exit_code
+    config = config_from_flags(
+        TrainConfig,
+        # TrainConfig's "not given" for these is '' (validate() then names the flag).
+        dataset_name=FLAGS.dataset_name or "", dataset_dir=FLAGS.dataset_dir or "",
+        learning_rate_boundaries=_numbers("learning_rate_boundaries", int),
+        learning_rate_values=_numbers("learning_rate_values", float))
+    result = training.train(config)
     if result.stopped_by:
-        import signal
         try:
             return 128 + int(getattr(signal, result.stopped_by))
         except (AttributeError, TypeError, ValueError):
-            return 1
+            return 1  # Stopped because another worker got a signal.
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main)

@@ -63,7 +63,7 @@ def _parse(argv: Sequence[str], allow_positional: bool) -> list[str]:
             sys.exit(0)
         raise done
     except flags.Error as err:
-        fail(f"{err} (see --help)", USAGE_ERROR)
+        fail(f"{err} (usage error; see --help)", USAGE_ERROR)
     if not allow_positional and len(rest) > 1:
         fail(f"unexpected arguments {rest[1:]} (flags are --name=value; see --help)", USAGE_ERROR)
     return rest

@@ -26,14 +26,11 @@ so ``--recipe=caffe_voc --optimizer=adam`` is the Caffe recipe with Adam.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
-
-RECIPE_NAMES = ("caffe_voc", "original")
+from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
     "caffe_voc": {
-        "optimizer": "momentum",
-        "momentum": 0.9,                       # solver.prototxt momentum
+        "optimizer": "momentum",               # solver.prototxt momentum 0.9: --momentum's default
         "learning_rate": 1e-3,                 # solver.prototxt base_lr (batch 32)
         "learning_rate_decay_type": "piecewise",
         "learning_rate_boundaries": (80000, 100000),   # lr_policy multistep, stepvalue
@@ -52,7 +49,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "original": {
         "optimizer": "rmsprop",
-        "momentum": 0.9,
         "learning_rate": 0.01,
         "learning_rate_decay_type": "exponential",
         "learning_rate_boundaries": (),
@@ -75,7 +71,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 def recipe_defaults(recipe: str) -> dict[str, Any]:
     """The settings of ``recipe``; ValueError listing the valid names if unknown."""
     if recipe not in RECIPES:
-        raise ValueError(f"--recipe={recipe!r} is not recognized; valid: {', '.join(RECIPE_NAMES)}.")
+        raise ValueError(f"--recipe={recipe!r} is not recognized; valid: {', '.join(RECIPES)}.")
     return dict(RECIPES[recipe])
 
 
@@ -83,7 +79,8 @@ def apply_recipe(config: Any, recipe: str | None = None) -> Any:
     """A copy of the dataclass ``config`` with every ``None`` field the recipe knows filled in.
 
     Args:
-      config: a dataclass instance (``engine.training.TrainConfig``) with a ``recipe`` field.
+      config: a dataclass instance (``engine.train_config.TrainConfig``) with a ``recipe``
+        field.
       recipe: overrides ``config.recipe``.
     """
     recipe = recipe or config.recipe
@@ -94,7 +91,3 @@ def apply_recipe(config: Any, recipe: str | None = None) -> Any:
             updates[field.name] = values[field.name]
     return dataclasses.replace(config, **updates)
 
-
-def describe(recipe: str) -> Mapping[str, Any]:
-    """The recipe's settings, for --help texts and docs."""
-    return recipe_defaults(recipe)

@@ -165,10 +165,11 @@ def test_keras_imagenet_weights_file(net, tmp_path):
 def test_other_input_size_for_train_image_size():
     """--train_image_size works for the MobileNet nets: 224 -> stride 16: 14, stride 32: 7, then
     the extra blocks (pad 1, 3x3, stride 2) 4, 2, 1; the built net has those maps."""
-    from engine import training
+    from nets import configure
 
     default = nets_factory.get_network("ssd_160_mobilenet_v2").default_params
-    params = training.net_params_for(default, NUM_CLASSES, 224, None)
+    _, params = configure.resolve_model("ssd_160_mobilenet_v2", num_classes=NUM_CLASSES,
+                                        image_size=224, drop_empty_layers=True)
     assert params.img_shape == (224, 224)
     assert params.feat_shapes == ((14, 14), (7, 7), (4, 4), (2, 2), (1, 1))
     assert params.anchor_sizes == default.anchor_sizes  # kept in pixels

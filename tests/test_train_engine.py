@@ -1,17 +1,24 @@
 """Unit tests of the training engine: schedules, optimizers, weight decay, moving average,
-recipes, scopes, checkpoint scope detection, summaries (hand-computed values)."""
+recipes, scopes, checkpoint scope detection, the checkpoint keeper, summaries (hand-computed
+values)."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from engine import checkpoint_keeper, recipes, train_config, train_step, training
 from engine import optimizers as opt_lib
-from engine import recipes, training
+from engine.errors import DataError, NonFiniteLossError, UsageError
+from engine.train_config import TrainConfig, validate
+from fileio import atomic
+from nets import checkpoints as ckpt_lib
+from nets import configure
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,21 +162,51 @@ def test_moving_average_follows_tf_rule_with_num_updates():
 # ---------------------------------------------------------------------------------------
 
 def test_recipe_fills_only_unset_fields():
-    config = training.TrainConfig(dataset_name="voc", dataset_dir="x", optimizer="adam").resolved()
+    config = TrainConfig(dataset_name="voc", dataset_dir="x", optimizer="adam").resolved()
     assert config.optimizer == "adam"                 # explicit wins
     assert config.learning_rate == 1e-3 and config.weight_decay == 5e-4
     assert config.learning_rate_decay_type == "piecewise"
     assert config.learning_rate_boundaries == (80000, 100000)
     assert config.max_number_of_steps == 120000 and config.batch_size == 32
     assert config.matching == "caffe" and config.anchor_preset == "voc"
-    original = training.TrainConfig(recipe="original").resolved()
+    original = TrainConfig(recipe="original").resolved()
     assert original.optimizer == "rmsprop" and original.learning_rate == 0.01
     assert original.learning_rate_decay_type == "exponential"
     assert original.matching == "original" and original.negative_mining == "batch"
     assert original.loss_normalization == "batch_size" and original.anchor_preset == "coco_ft"
-    with pytest.raises(training.UsageError, match="caffe_voc, original"):
-        training.TrainConfig(recipe="yolo").resolved()
+    with pytest.raises(UsageError, match="caffe_voc, original"):
+        TrainConfig(recipe="yolo").resolved()
     assert set(recipes.RECIPES["caffe_voc"]) == set(recipes.RECIPES["original"])
+
+
+def test_every_recipe_entry_is_a_setting_it_can_fill():
+    """A recipe fills only fields left None: an entry for a field with another default (the
+    'momentum' entries once) would never apply."""
+    fillable = {f.name for f in dataclasses.fields(TrainConfig) if f.default is None}
+    for name, values in recipes.RECIPES.items():
+        assert set(values) <= fillable, (name, set(values) - fillable)
+    assert not hasattr(recipes, "describe") and not hasattr(recipes, "RECIPE_NAMES")
+
+
+def test_choice_lists_are_the_librarys():
+    from tf_extended import losses, targets
+
+    for field, valid in (("matching", targets.MATCHING_MODES),
+                         ("negative_mining", losses.MINING_MODES),
+                         ("loss_normalization", losses.NORMALIZATIONS),
+                         ("augmentation", train_config.AUGMENTATIONS)):
+        for value in valid:
+            validate(dataclasses.replace(TrainConfig(dataset_name="voc", dataset_dir="d"),
+                                         **{field: value}).resolved())
+        bad = dataclasses.replace(TrainConfig(dataset_name="voc", dataset_dir="d"),
+                                  **{field: "nope"}).resolved()
+        with pytest.raises(UsageError, match=f"--{field}='nope' is not recognized; valid: "
+                                             f"{', '.join(valid)}"):
+            validate(bad)
+    assert train_config.preprocessing_options("original") == {"chain": "original"}
+    assert train_config.preprocessing_options("none")["samplers"] is None
+    with pytest.raises(UsageError, match="--augmentation='extreme'"):
+        train_config.preprocessing_options("extreme")
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -182,15 +219,15 @@ def test_recipe_fills_only_unset_fields():
     ({"batch_size": 0}, "--batch_size must be >= 1"),
 ])
 def test_validate_names_the_flag(changes, message):
-    config = dataclasses.replace(training.TrainConfig(dataset_name="voc", dataset_dir="d"),
+    config = dataclasses.replace(TrainConfig(dataset_name="voc", dataset_dir="d"),
                                  **changes).resolved()
-    with pytest.raises(training.UsageError, match=message):
-        training.validate(config)
+    with pytest.raises(UsageError, match=message):
+        validate(config)
 
 
 def test_nonfinite_error_names_step_losses_and_images():
-    err = training.NonFiniteLossError(17, {"total": float("nan"), "localization": 1.5},
-                                      ["img_1", "img_2"])
+    err = NonFiniteLossError(17, {"total": float("nan"), "localization": 1.5},
+                             ["img_1", "img_2"])
     assert str(err).startswith("non-finite loss at step 17 (total=nan, localization=1.5); "
                                "images of the batch: [img_1, img_2].")
     assert err.exit_code == 1
@@ -210,16 +247,16 @@ def test_trainable_scopes_match_whole_path_components(caplog):
                                  "ssd_300_vgg/block10/conv/weights",
                                  "ssd_300_vgg/block10_box/conv_cls/biases")}
     named["ssd_300_vgg/bn/moving_mean"] = _Var(trainable=False)
-    assert training.select_trainable(named, None) == list(named)[:3]
-    assert training.select_trainable(named, "ssd_300_vgg/block1") == [
+    assert train_step.select_trainable(named, None) == list(named)[:3]
+    assert train_step.select_trainable(named, "ssd_300_vgg/block1") == [
         "ssd_300_vgg/block1/conv/weights"]
-    assert training.select_trainable(named, " ssd_300_vgg/block10/ , ssd_300_vgg/block10_box") \
+    assert train_step.select_trainable(named, " ssd_300_vgg/block10/ , ssd_300_vgg/block10_box") \
         == list(named)[1:3]
-    with pytest.raises(training.UsageError, match="matches no variable; this net's scopes are "
+    with pytest.raises(UsageError, match="matches no variable; this net's scopes are "
                                                   "ssd_300_vgg/block1, ssd_300_vgg/block10"):
-        training.select_trainable(named, "ssd_300_vgg/conv9,ssd_300_vgg/conv8")
+        train_step.select_trainable(named, "ssd_300_vgg/conv9,ssd_300_vgg/conv8")
     caplog.set_level("WARNING")
-    assert training.select_trainable(named, "ssd_300_vgg/conv9,ssd_300_vgg/block1") == [
+    assert train_step.select_trainable(named, "ssd_300_vgg/conv9,ssd_300_vgg/block1") == [
         "ssd_300_vgg/block1/conv/weights"]
     assert "'ssd_300_vgg/conv9' matches no variable" in caplog.text
 
@@ -233,25 +270,34 @@ def test_weight_decay_covers_kernels_and_optionally_the_l2norm_scale():
 
     named = {"m/conv/weights": kernel, "m/conv/biases": bias,
              "m/block4_box/L2Normalization/gamma": gamma}
-    assert training.weight_decay_names(Net(), named, False) == ["m/conv/weights"]
-    assert training.weight_decay_names(Net(), named, True) == [
+    assert train_step.weight_decay_names(Net(), named, False) == ["m/conv/weights"]
+    assert train_step.weight_decay_names(Net(), named, True) == [
         "m/conv/weights", "m/block4_box/L2Normalization/gamma"]
+
+
+def _train_params(num_classes, image_size, anchor_preset):
+    """The params train() builds (nets.configure.resolve_model, no checkpoint)."""
+    return configure.resolve_model("ssd_300_vgg", num_classes=num_classes,
+                                   anchor_preset=anchor_preset, image_size=image_size,
+                                   drop_empty_layers=True)[1]
 
 
 def test_small_train_image_size_keeps_the_feature_layers_that_fit():
     from nets import nets_factory
 
     base = nets_factory.get_network("ssd_300_vgg").default_params
-    p64 = training.net_params_for(base, 5, 64, None)
+    p64 = _train_params(5, 64, None)
     assert p64.feat_layers == ("block4", "block7", "block8", "block9")
     assert p64.feat_shapes == ((8, 8), (4, 4), (2, 2), (1, 1))
     assert [b.name for b in p64.extra_blocks] == ["block8", "block9"]
     assert p64.anchor_sizes == base.anchor_sizes[:4] and p64.num_classes == 5
-    p300 = training.net_params_for(base, 21, None, "coco_ft")
+    p300 = _train_params(21, None, "coco_ft")
     assert p300.feat_layers == base.feat_layers and p300.anchor_preset == "coco_ft"
     assert p300.anchor_sizes[0] == (21.0, 45.0)
-    with pytest.raises(training.UsageError, match="--anchor_preset"):
-        training.net_params_for(base, 21, None, "kitti")
+    # A usage error (exit code 2) naming the flag; train() re-raises it as UsageError.
+    with pytest.raises(configure.SettingsError, match="--anchor_preset") as err:
+        _train_params(21, None, "kitti")
+    assert err.value.exit_code == UsageError.exit_code == 2
 
 
 def _write_tf1(prefix: str, names: list[str]) -> str:
@@ -265,16 +311,93 @@ def test_checkpoint_model_scope_detection(tmp_path, caplog):
                                                     "vgg_16/fc8/biases", "global_step"])
     ssd = _write_tf1(str(tmp_path / "ssd.ckpt"), ["ssd_300_vgg/conv1/conv1_1/weights"])
     other = _write_tf1(str(tmp_path / "other.ckpt"), ["resnet/conv1/weights"])
-    assert training.resolve_model_scope(vgg, "ssd_300_vgg", None) == "vgg_16"
-    assert training.resolve_model_scope(ssd, "ssd_300_vgg", None) is None
-    assert training.resolve_model_scope(other, "ssd_300_vgg", None) is None
-    assert training.resolve_model_scope(other, "ssd_300_vgg", "resnet") == "resnet"
+    assert ckpt_lib.resolve_model_scope(vgg, "ssd_300_vgg", None) == "vgg_16"
+    assert ckpt_lib.resolve_model_scope(ssd, "ssd_300_vgg", None) is None
+    assert ckpt_lib.resolve_model_scope(other, "ssd_300_vgg", None) is None
+    assert ckpt_lib.resolve_model_scope(other, "ssd_300_vgg", "resnet") == "resnet"
     caplog.set_level("WARNING")
     # The original README's stage 2: --checkpoint_model_scope=vgg_16 on an SSD checkpoint.
-    assert training.resolve_model_scope(ssd, "ssd_300_vgg", "vgg_16") is None
+    assert ckpt_lib.resolve_model_scope(ssd, "ssd_300_vgg", "vgg_16") is None
     assert "--checkpoint_model_scope=vgg_16 ignored" in caplog.text
     obj = tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(tmp_path / "obj" / "ckpt"))
-    assert training.resolve_model_scope(obj, "ssd_300_vgg", "vgg_16") is None
+    assert ckpt_lib.resolve_model_scope(obj, "ssd_300_vgg", "vgg_16") is None
+
+
+# ---------------------------------------------------------------------------------------
+# The checkpoint keeper
+# ---------------------------------------------------------------------------------------
+
+def test_train_dir_that_is_a_file_is_a_usage_error(tmp_path):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(UsageError, match=f"--train_dir={afile} is a file, not a directory"):
+        checkpoint_keeper.prepare_train_dir(str(afile))
+    with pytest.raises(DataError, match="cannot create the directory"):
+        checkpoint_keeper.prepare_train_dir(str(afile / "run"))
+    checkpoint_keeper.prepare_train_dir(str(tmp_path / "a" / "b"))
+    assert os.path.isdir(tmp_path / "a" / "b")
+
+
+class _NetInfo:
+    """What the keeper needs of a net: the sidecar's model name and params."""
+
+    def __init__(self):
+        from nets import nets_factory
+
+        self.model_name = "ssd_300_vgg"
+        self.params = nets_factory.get_network("ssd_300_vgg").default_params
+
+
+def _keeper(train_dir, keep=2):
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0), step=step)
+    keeper = checkpoint_keeper.CheckpointKeeper(str(train_dir), checkpoint, step, keep,
+                                                is_chief=True, task_id=0, net=_NetInfo())
+    return keeper, step
+
+
+def test_keeper_saves_rotates_and_finds_the_latest_ckpt(tmp_path):
+    keeper, step = _keeper(tmp_path)
+    assert keeper.latest_in_train_dir() is None
+    for n in (1, 2, 3):
+        step.assign(n)
+        assert keeper.save() == str(tmp_path / f"ckpt-{n}")
+    assert keeper.save() is None  # step 3 is saved already
+    # Rotation (keep 2) removed ckpt-1 and its sidecar; each kept one has its sidecar.
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-2.index",
+                                                                      "ckpt-3.index"]
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.ssd.json")) == ["ckpt-2.ssd.json",
+                                                                         "ckpt-3.ssd.json"]
+    assert ckpt_lib.read_metadata(str(tmp_path / "ckpt-3"))["model_name"] == "ssd_300_vgg"
+    assert keeper.latest_in_train_dir() == str(tmp_path / "ckpt-3")
+    # Another checkpoint in the folder (not ckpt-N), a ckpt-9 still being written (no data
+    # yet) and a lost state file do not change the answer.
+    _write_tf1(str(tmp_path / "model.ckpt-7"), ["x"])
+    (tmp_path / "ckpt-9.index").write_bytes((tmp_path / "ckpt-3.index").read_bytes())
+    os.remove(tmp_path / "checkpoint")
+    assert keeper.latest_in_train_dir() == str(tmp_path / "ckpt-3")
+
+
+def test_missing_or_corrupt_init_checkpoint_is_one_data_error(tmp_path):
+    keeper, step = _keeper(tmp_path / "train")
+    missing = str(tmp_path / "absent.ckpt")
+    config = TrainConfig(train_dir=str(tmp_path / "train"), checkpoint_path=missing)
+    # The wording after the path is fileio.checkpoint_files' (resolve_checkpoint, open_reader).
+    with pytest.raises(DataError, match=f"^--checkpoint_path: {re.escape(missing)}: ") as err:
+        checkpoint_keeper.restore_or_initialize(config, keeper, _NetInfo(), None, step, {})
+    assert "\n" not in str(err.value)
+    corrupt = _write_tf1(str(tmp_path / "damaged.ckpt"), ["ssd_300_vgg/conv1/conv1_1/weights"])
+    with open(corrupt + ".index", "r+b") as f:
+        f.truncate(10)
+    config = dataclasses.replace(config, checkpoint_path=corrupt)
+    with pytest.raises(DataError, match=f"^--checkpoint_path: {re.escape(corrupt)}: .*corrupt"
+                       ) as err:
+        checkpoint_keeper.restore_or_initialize(config, keeper, _NetInfo(), None, step, {})
+    assert "\n" not in str(err.value)
+    # Nothing in train_dir, no --checkpoint_path: from scratch.
+    config = dataclasses.replace(config, checkpoint_path=None)
+    assert checkpoint_keeper.restore_or_initialize(config, keeper, _NetInfo(), None, step,
+                                                   {}) == "scratch"
 
 
 def test_summary_images_draw_the_boxes_of_positive_anchors():
@@ -305,24 +428,23 @@ def test_format_duration():
 
 def test_atomic_write_json_leaves_no_temporary(tmp_path):
     path = str(tmp_path / "c.json")
-    training.atomic_write_json(path, {"a": (1, 2)})
-    training.atomic_write_json(path, {"a": 3})
+    atomic.write_json(path, {"a": (1, 2)})
+    atomic.write_json(path, {"a": 3})
     assert os.listdir(tmp_path) == ["c.json"]
     assert open(path).read().strip() == '{\n "a": 3\n}'
 
 
 def test_vgg16_fc_layers_of_excluded_conv6_conv7_are_not_a_mismatch():
-    from nets.checkpoints import CheckpointMismatchError
-
     readme = ["ssd_300_vgg/conv6", "ssd_300_vgg/conv7", "ssd_300_vgg/block8"]
-    err = CheckpointMismatchError("x", unexpected=["vgg_16/fc6/weights", "vgg_16/fc7/biases"])
-    assert training._only_excluded_fc_layers(err, "vgg_16", "ssd_300_vgg", readme)
+    err = ckpt_lib.CheckpointMismatchError("x", unexpected=["vgg_16/fc6/weights",
+                                                            "vgg_16/fc7/biases"])
+    assert ckpt_lib.only_excluded_fc_layers(err, "vgg_16", "ssd_300_vgg", readme)
     # conv7 not excluded: fc7 is a real mismatch.
-    assert not training._only_excluded_fc_layers(err, "vgg_16", "ssd_300_vgg", readme[::2])
-    assert not training._only_excluded_fc_layers(err, None, "ssd_300_vgg", readme)
-    other = CheckpointMismatchError("x", unexpected=["vgg_16/fc6/weights"],
+    assert not ckpt_lib.only_excluded_fc_layers(err, "vgg_16", "ssd_300_vgg", readme[::2])
+    assert not ckpt_lib.only_excluded_fc_layers(err, None, "ssd_300_vgg", readme)
+    other = ckpt_lib.CheckpointMismatchError("x", unexpected=["vgg_16/fc6/weights"],
                                     missing=["ssd_300_vgg/conv1/conv1_1/weights"])
-    assert not training._only_excluded_fc_layers(other, "vgg_16", "ssd_300_vgg", readme)
+    assert not ckpt_lib.only_excluded_fc_layers(other, "vgg_16", "ssd_300_vgg", readme)
 
 
 def test_each_input_pipeline_draws_its_own_augmentations(tmp_path):
@@ -339,11 +461,11 @@ def test_each_input_pipeline_draws_its_own_augmentations(tmp_path):
                                        num_workers=1)
     spec = dataset_factory.get_dataset("voc", "trainval", str(tmp_path / "records"),
                                        labels_file=os.path.join(data, "labels.txt"))
-    config = training.TrainConfig(model_name="ssd_160_vgg_lite", augmentation="caffe",
+    config = TrainConfig(model_name="ssd_160_vgg_lite", augmentation="caffe",
                                   num_readers=1, num_preprocessing_threads=1).resolved()
     params = nets_factory.get_network("ssd_160_vgg_lite").default_params.with_num_classes(5)
     anchors = nets_factory.get_network("ssd_160_vgg_lite")(params).anchors()
-    dataset_fn = training._make_dataset_fn(config, spec, params, anchors, global_batch=8, seed=5)
+    dataset_fn = train_step.make_dataset_fn(config, spec, params, anchors, global_batch=8, seed=5)
 
     def first_images(pipeline_id):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,

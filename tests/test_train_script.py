@@ -36,7 +36,11 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from nets import configure
+from tests.scripts import ROOT, error_lines, run_script, script_env
+
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, "train_ssd_network.py")
 STEP_RE = re.compile(
     r"step (\d+)(?:/\d+)?: loss ([-\d.]+|nan|inf) \(cross_entropy_pos ([-\d.]+) "
@@ -45,19 +49,15 @@ STEP_RE = re.compile(
 BOX_SCOPES = ",".join(f"ssd_300_vgg/{b}_box" for b in ("block4", "block7", "block8", "block9"))
 
 
-def _env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.pop("TF_CONFIG", None)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra or {})
-    return env
-
-
 def _run(args: list[str], timeout: float = 240, env: dict | None = None
          ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script("train_ssd_network.py", *args, timeout=timeout, env=env)
+
+
+def _train_params(num_classes: int, image_size: int):
+    """The SSDParams train_ssd_network.py builds for --model_name=ssd_300_vgg."""
+    return configure.resolve_model("ssd_300_vgg", num_classes=num_classes,
+                                   image_size=image_size, drop_empty_layers=True)[1]
 
 
 def _steps(log: str) -> dict[int, dict]:
@@ -87,11 +87,10 @@ def data(tmp_path_factory):
     voc = root / "voc"
     sample_data.generate(str(voc), num_trainval=8, num_test=0, image_size=(96, 96), seed=3)
     labels = str(voc / sample_data.LABELS_FILENAME)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tf_convert_data.py"), "--dataset_name=pascalvoc",
-         f"--dataset_dir={voc}", "--output_name=train", f"--output_dir={root / 'tfr'}",
-         f"--labels={labels}", "--split=trainval", "--num_workers=1"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = run_script("tf_convert_data.py", "--dataset_name=pascalvoc",
+                      f"--dataset_dir={voc}", "--output_name=train",
+                      f"--output_dir={root / 'tfr'}", f"--labels={labels}", "--split=trainval",
+                      "--num_workers=1", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert glob.glob(str(root / "tfr" / "train_*.tfrecord"))
     return {"dataset_dir": str(root / "tfr"), "labels_file": labels, "root": root}
@@ -186,14 +185,21 @@ def test_train_dir_holds_config_checkpoint_sidecar_export_and_summaries(run_a):
             "training_images"} <= tags, tags
 
 
+def test_export_folder_has_the_state_file_tf1_tools_read(run_a):
+    """Given the export folder, tf.train.latest_checkpoint (and TF1 tools, the original's
+    scripts) find the exported checkpoint: net.save_checkpoint writes the state file."""
+    import tensorflow as tf
+
+    export = os.path.join(run_a["dir"], "export")
+    assert tf.train.latest_checkpoint(export) == os.path.join(export, "model.ckpt-30")
+    assert os.path.exists(os.path.join(export, "model.ckpt-30.ssd.json"))
+
+
 def test_training_checkpoint_loads_into_a_net_and_equals_the_export(run_a):
     import tensorflow as tf
-    from engine import training
     from nets import nets_factory
 
-    cls = nets_factory.get_network("ssd_300_vgg")
-    params = training.net_params_for(cls.default_params, 5, 64, None)
-    net = cls(params)
+    net = nets_factory.get_network("ssd_300_vgg")(_train_params(5, 64))
     report = net.load_checkpoint(run_a["dir"])  # the directory: its latest, ckpt-30
     assert not report["missing"]
     reader = tf.train.load_checkpoint(os.path.join(run_a["dir"], "export", "model.ckpt-30"))
@@ -247,7 +253,8 @@ def test_kill9_resume_sigterm_resume_continues_exactly(data, run_a, tmp_path):
     # B1: killed with SIGKILL as soon as a checkpoint is on disk.
     log1 = tmp_path / "b1.log"
     with open(log1, "w") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=ROOT, env=script_env(), stdout=out,
+                                stderr=subprocess.STDOUT)
         _wait_for(lambda: (_latest_step(train_dir) or 0) >= 2, proc, 240, "a checkpoint")
         proc.kill()
         proc.wait(30)
@@ -257,7 +264,8 @@ def test_kill9_resume_sigterm_resume_continues_exactly(data, run_a, tmp_path):
     # B2: same command; resumes there; SIGTERM after two more steps -> checkpoint + exit 143.
     log2 = tmp_path / "b2.log"
     with open(log2, "w") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=ROOT, env=script_env(), stdout=out,
+                                stderr=subprocess.STDOUT)
         _wait_for(lambda: any(s >= killed_at + 2 for s in _steps(log2.read_text())), proc, 240,
                   "two steps after resuming")
         proc.send_signal(signal.SIGTERM)
@@ -272,7 +280,7 @@ def test_kill9_resume_sigterm_resume_continues_exactly(data, run_a, tmp_path):
     assert _latest_step(train_dir) == stopped
 
     # B3: same command again: resumes at the SIGTERM checkpoint and finishes.
-    proc3 = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True,
+    proc3 = subprocess.run(args, cwd=ROOT, env=script_env(), capture_output=True, text=True,
                            timeout=240)
     assert proc3.returncode == 0, proc3.stderr[-3000:]
     assert f"at step {stopped}." in proc3.stderr
@@ -302,11 +310,9 @@ def test_kill9_resume_sigterm_resume_continues_exactly(data, run_a, tmp_path):
 @pytest.fixture(scope="module")
 def voc21_checkpoint(tmp_path_factory):
     """A TF1 checkpoint with TF-Slim names of the same (64x64) SSD300 with 21-class heads."""
-    from engine import training
     from nets import nets_factory
 
-    cls = nets_factory.get_network("ssd_300_vgg")
-    net = cls(training.net_params_for(cls.default_params, 21, 64, None))
+    net = nets_factory.get_network("ssd_300_vgg")(_train_params(21, 64))
     prefix = str(tmp_path_factory.mktemp("pretrained") / "ssd_300_vgg.ckpt")
     net.save_checkpoint(prefix)
     return prefix
@@ -373,7 +379,8 @@ def test_two_worker_multi_worker_mirrored_run(data, run_a, tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, SCRIPT, *_args(data, train_dir, max_number_of_steps=3,
                                             export_tf1_checkpoint=False)],
-            cwd=ROOT, env=_env({"TF_CONFIG": tf_config}), stdout=log, stderr=subprocess.STDOUT))
+            cwd=ROOT, env=script_env({"TF_CONFIG": tf_config}), stdout=log,
+            stderr=subprocess.STDOUT))
     try:
         codes = [p.wait(300) for p in procs]
     finally:
@@ -429,6 +436,18 @@ def test_usage_errors_exit_2_with_one_line(data, tmp_path):
         "train_ssd_network.py: error: --dataset_name is required")
 
 
+def test_train_dir_that_is_a_file_is_one_line(data, tmp_path):
+    afile = tmp_path / "run.txt"
+    afile.write_text("not a directory")
+    proc = _run(_args(data, afile, max_number_of_steps=1), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert error_lines(proc.stderr, SCRIPT) == [
+        f"train_ssd_network.py: error: --train_dir={afile} is a file, not a directory: give a "
+        "new or an existing training directory."]
+    assert "Traceback" not in proc.stderr
+    assert afile.read_text() == "not a directory"
+
+
 # Every flag of balancap/SSD-Tensorflow's train_ssd_network.py (reference §8).
 ORIGINAL_FLAGS = (
     "loss_alpha negative_ratio match_threshold train_dir num_clones clone_on_cpu num_readers "
@@ -452,18 +471,44 @@ def test_help_documents_every_original_and_new_flag():
     text = proc.stdout + proc.stderr
     for flag in ORIGINAL_FLAGS + EXTRA_FLAGS:
         assert re.search(rf"--(\[no\])?{flag}:", text), flag
+    short = _run(["--help"], timeout=60)
+    assert short.returncode == 0
+    for flag in ORIGINAL_FLAGS + EXTRA_FLAGS:  # the shared groups are listed too
+        assert re.search(rf"--(\[no\])?{flag}:", short.stdout + short.stderr), flag
 
 
 # ---------------------------------------------------------------------------------------
 # Mixed precision (float16 loss scaling) + moving average, through the engine in-process
 # ---------------------------------------------------------------------------------------
 
+def _float16_dilated_conv_gradients_run() -> bool:
+    """Whether this machine computes the gradient of a dilated float16 convolution (SSD300's
+    conv6). TensorFlow's CPU kernel for it is oneDNN's, which needs AVX512-FP16; without it
+    the step fails with "Current CPU implementations do not yet support dilation rates larger
+    than 1" (TensorFlow's limit, not the trainer's)."""
+    import tensorflow as tf
+
+    x = tf.Variable(tf.zeros([1, 8, 8, 1], tf.float16))
+    with tf.GradientTape() as tape:
+        y = tf.nn.conv2d(x, tf.zeros([3, 3, 1, 1], tf.float16), 1, "SAME", dilations=2)
+    try:
+        tape.gradient(y, x)
+    except tf.errors.InvalidArgumentError:
+        return False
+    return True
+
+
 def test_float16_with_moving_average_checkpoints_the_average_as_model(data, tmp_path):
     import tensorflow as tf
     from engine import training
+    from engine.train_config import TrainConfig
+
+    if not _float16_dilated_conv_gradients_run():
+        pytest.skip("TensorFlow on this CPU has no float16 gradient for dilated convolutions "
+                    "(needs AVX512-FP16)")
 
     train_dir = str(tmp_path / "mp")
-    config = training.TrainConfig(
+    config = TrainConfig(
         train_dir=train_dir, dataset_name="voc", dataset_dir=data["dataset_dir"],
         labels_file=data["labels_file"], model_name="ssd_300_vgg", train_image_size=64,
         batch_size=2, max_number_of_steps=5, augmentation="none", overfit_one_batch=True,
@@ -488,3 +533,33 @@ def test_float16_with_moving_average_checkpoints_the_average_as_model(data, tmp_
     exported = tf.train.load_checkpoint(os.path.join(train_dir, "export", "model.ckpt-5"))
     np.testing.assert_array_equal(exported.get_tensor("ssd_300_vgg/conv1/conv1_1/weights"),
                                   averaged)
+
+
+def test_moving_average_checkpoints_the_average_as_model_and_exports_it(data, tmp_path):
+    """The moving-average layout in float32 (runs on every CPU): 'model' holds the average,
+    'train_model' the trained weights, the export the average."""
+    import tensorflow as tf
+    from engine import training
+    from engine.train_config import TrainConfig
+
+    train_dir = str(tmp_path / "ema")
+    config = TrainConfig(
+        train_dir=train_dir, dataset_name="voc", dataset_dir=data["dataset_dir"],
+        labels_file=data["labels_file"], model_name="ssd_300_vgg", train_image_size=64,
+        batch_size=2, max_number_of_steps=3, augmentation="none", overfit_one_batch=True,
+        optimizer="adam", learning_rate=1e-3, warmup_steps=0, moving_average_decay=0.5,
+        log_every_n_steps=1)
+    result = training.train(config)
+    assert result.step == 3 and result.checkpoint == os.path.join(train_dir, "ckpt-3")
+    reader = tf.train.load_checkpoint(os.path.join(train_dir, "ckpt-3"))
+    kernel = "model/_graph/_operations/1/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    averaged = reader.get_tensor(kernel)
+    trained = reader.get_tensor(kernel.replace("model/", "train_model/", 1))
+    assert np.abs(averaged - trained).max() > 0
+    exported = tf.train.load_checkpoint(os.path.join(train_dir, "export", "model.ckpt-3"))
+    np.testing.assert_array_equal(exported.get_tensor("ssd_300_vgg/conv1/conv1_1/weights"),
+                                  averaged)
+    # Run again: already at --max_number_of_steps, nothing trained, the same checkpoint.
+    again = training.train(config)
+    assert (again.step, again.start_step, again.losses) == (3, 3, {})
+    assert again.checkpoint == result.checkpoint and again.initialized_from.startswith("resume:")
