@@ -27,6 +27,8 @@ import sys
 import time
 from typing import Sequence
 
+from fileio import atomic
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODEL_NAME = "ssd_160_vgg_lite"
 TARGET_MAP = 0.8
@@ -148,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 python, "-m", "datasets.sample_data", f"--output_dir={data_dir}",
                 f"--num_trainval={s['num_trainval']}", f"--num_test={s['num_test']}", f"--seed={SEED}"],
                 logs, args.verbose, show=("wrote ",))
-            with open(os.path.join(data_dir, "demo_spec.json"), "w", encoding="utf-8") as f:
-                json.dump(spec, f)
+            atomic.write_json(os.path.join(data_dir, "demo_spec.json"), spec, indent=None)
 
         # 2. TFRecords, one set of shards per split (names <split>_NNN.tfrecord for dataset 'voc').
         print(f"[2/5] tf_convert_data.py -> {tfrecords}", flush=True)

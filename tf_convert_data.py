@@ -5,17 +5,21 @@
 
 writes tfrecords/voc_2007_train_000.tfrecord, _001, ... (200 examples each), the files
 `dataset_factory.get_dataset('pascalvoc_2007', 'train', 'tfrecords')` reads. See
-docs/datasets.md. Exit codes: 0 done, 1 bad data (one line naming the file), 2 usage error.
+docs/datasets.md. Exit codes: 0 done (also --help), 1 bad data (one line naming the file),
+2 usage error, 130 interrupted (no shard written).
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import sys
 
-from absl import app
 from absl import flags
+
+import cli.app
+from cli.app import UsageError
+from datasets import pascalvoc_common
+from datasets import pascalvoc_to_tfrecords as converter
 
 FLAGS = flags.FLAGS
 
@@ -63,25 +67,6 @@ flags.DEFINE_boolean("allow_empty", False,
 flags.mark_flag_as_required("dataset_dir")
 
 
-def _usage_exit(message: str) -> None:
-    print(f"tf_convert_data.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl exits with code 1 on a flag error; usage errors here exit with 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _usage_exit(f"{e} (see --help)")
-    except SystemExit:
-        # absl's --help/--helpfull print the usage and exit with 1; asking for help is no error.
-        if any(a.split("=")[0] in ("--help", "-?", "--helpshort", "--helpfull") for a in argv[1:]):
-            sys.exit(0)
-        raise
-    return []
-
-
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     # Turns termination into an exception so the converter removes its temporary files.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -89,19 +74,14 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        _usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.dataset_name not in _DATASET_NAMES:
-        _usage_exit(f"--dataset_name={FLAGS.dataset_name} is unknown; valid names: "
-                    f"{', '.join(_DATASET_NAMES)}")
+        raise UsageError(f"--dataset_name={FLAGS.dataset_name} is unknown; valid names: "
+                         f"{', '.join(_DATASET_NAMES)}")
     if not os.path.isdir(FLAGS.dataset_dir):
-        _usage_exit(f"--dataset_dir={FLAGS.dataset_dir}: no such folder")
+        raise UsageError(f"--dataset_dir={FLAGS.dataset_dir}: no such folder")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", force=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-
-    # Imported here so that --help and usage errors do not pay for importing TensorFlow.
-    from datasets import pascalvoc_common
-    from datasets import pascalvoc_to_tfrecords as converter
-
     try:
         class_names = (pascalvoc_common.load_label_map(FLAGS.labels) if FLAGS.labels
                        else pascalvoc_common.VOC_CLASSES)
@@ -112,16 +92,14 @@ def main(argv: list[str]) -> int:
             shuffle=FLAGS.shuffle, seed=FLAGS.seed, overwrite=FLAGS.overwrite,
             skip_errors=FLAGS.skip_errors, allow_empty=FLAGS.allow_empty)
     except (converter.UsageError, pascalvoc_common.LabelMapError) as e:
-        _usage_exit(str(e))
-    except converter.DataError as e:
-        print(f"tf_convert_data.py: error: {e}", file=sys.stderr)
-        return 1
+        raise UsageError(str(e)) from None
     except KeyboardInterrupt:
-        print("tf_convert_data.py: interrupted; no shard was written", file=sys.stderr)
-        return 130
+        cli.app.fail("interrupted; no shard was written", cli.app.INTERRUPTED)
+    # converter.DataError names the file and the problem: one line, exit 1 (cli.app).
     print(summary.to_text())
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    # Positional arguments are refused in main() with the message this script always gave.
+    cli.app.run(main, allow_positional=True)

@@ -1,4 +1,5 @@
-"""Drawing helpers shared by the notebook, the demo and ``detect.py``.
+"""Drawing detections and anchors: shared by ``detect.py`` (through
+:func:`inference.image_files.detect_images`), the demo and the notebook.
 
 Boxes are ``(ymin, xmin, ymax, xmax)``: normalized to the image (0..1) unless a function says
 it takes pixels. Every class has one fixed colour (:func:`class_colors`), so the same class looks
@@ -6,15 +7,18 @@ the same in every picture. Two back-ends:
 
 * PIL (:func:`draw_bboxes`, :func:`save_png`): fast, no figure, used for annotated PNG files;
 * matplotlib (:func:`plt_bboxes`, :func:`plt_anchors`): for the notebook, like the original demo.
+  matplotlib is imported by these two functions only, so that ``detect.py`` (PIL only) does not
+  pay for importing pyplot (about a second).
 """
 from __future__ import annotations
 
 import colorsys
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from fileio import atomic
 
 ClassNames = Mapping[int, str] | Sequence[str] | None
 
@@ -115,11 +119,9 @@ def draw_bboxes(image: np.ndarray, bboxes, classes, scores=None, class_names: Cl
 
 
 def save_png(image: np.ndarray, path: str) -> str:
-    """Write a uint8 RGB image as PNG (creating the folder); returns ``path``."""
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    Image.fromarray(np.asarray(image, np.uint8)).save(path, format="PNG")
+    """Write a uint8 RGB image as PNG atomically (creating the folder); returns ``path``."""
+    with atomic.atomic_open(path, "wb") as f:
+        Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
     return path
 
 

@@ -9,8 +9,6 @@ Normalize layer, PriorBox with its int sizes). The converted TF net must reprodu
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,9 +16,9 @@ import tensorflow as tf
 
 from caffe_convert import caffe_pb, convert
 from nets import checkpoints, configure, nets_factory
+from tests.references import caffe_conv, caffe_max_pool, caffe_normalize, nchw
+from tests.scripts import run_script as run_project_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "caffe_to_tensorflow.py")
 
 # ---------------------------------------------------------------------------------------
 # The Caffe models, by hand
@@ -179,44 +177,9 @@ def deploy_prototxt(model: str, num_classes: int, priors=None, img=None) -> str:
 # Caffe's forward pass in NumPy (batch of 1, NCHW, slow and plain)
 # ---------------------------------------------------------------------------------------
 
-def np_conv(x, w, b, stride=1, pad=0, dilation=1):
-    """Caffe Convolution: x [C, H, W], w [O, C, kh, kw] -> [O, Ho, Wo] (cross-correlation)."""
-    c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
-    ho = (h + 2 * pad - (dilation * (kh - 1) + 1)) // stride + 1
-    wo = (wd + 2 * pad - (dilation * (kw - 1) + 1)) // stride + 1
-    out = np.zeros((o, ho * wo), np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, i * dilation: i * dilation + stride * (ho - 1) + 1: stride,
-                       j * dilation: j * dilation + stride * (wo - 1) + 1: stride]
-            out += w[:, :, i, j] @ patch.reshape(c, -1)
-    return (out + b[:, None]).reshape(o, ho, wo)
-
-
-def np_max_pool(x, k, stride, pad):
-    """Caffe MAX Pooling with its ceil-mode output size (windows clipped to the input)."""
-    c, h, w = x.shape
-    ho = int(math.ceil((h + 2 * pad - k) / stride)) + 1
-    wo = int(math.ceil((w + 2 * pad - k) / stride)) + 1
-    if pad and (ho - 1) * stride >= h + pad:
-        ho -= 1
-    if pad and (wo - 1) * stride >= w + pad:
-        wo -= 1
-    out = np.empty((c, ho, wo), np.float32)
-    for i in range(ho):
-        for j in range(wo):
-            hs, ws = max(i * stride - pad, 0), max(j * stride - pad, 0)
-            he, we = min(i * stride - pad + k, h), min(j * stride - pad + k, w)
-            out[:, i, j] = x[:, hs:he, ws:we].max(axis=(1, 2))
-    return out
-
-
-def np_normalize(x, scale, eps=1e-10):
-    """Caffe SSD Normalize, across_spatial false: each position over channels, times scale."""
-    norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=0, keepdims=True) + eps)
-    return (x / norm * scale[:, None, None]).astype(np.float32)
+def np_conv(x, w, b, relu=True, **kwargs):
+    """Caffe Convolution (+ ReLU) on a blob: x [C, H, W], w [O, C, kh, kw] -> [O, Ho, Wo]."""
+    return nchw(caffe_conv, x, w, b, relu=relu, **kwargs)
 
 
 def np_prior_boxes(min_size, max_size, ratios, step, feat, img, offset=0.5):
@@ -243,28 +206,27 @@ def np_prior_boxes(min_size, max_size, ratios, step, feat, img, offset=0.5):
 def caffe_forward_ssd300(weights, data, num_classes):
     """Caffe SSD300 forward on data [1, 3, 300, 300] (BGR): the mbox_loc / mbox_conf blobs,
     plus conv1_1 and conv1_2 (after ReLU)."""
-    relu = lambda t: np.maximum(t, 0)  # noqa: E731
     blobs = {}
     x = data[0].astype(np.float32)
     for name, _, _, k in VGG_CONVS:
         w, b = weights[name]
         if name == "fc6":
-            x = relu(np_conv(x, w, b, pad=6, dilation=6))
+            x = np_conv(x, w, b, pad=6, dilation=6)
         else:
-            x = relu(np_conv(x, w, b, pad=1 if k == 3 else 0))
+            x = np_conv(x, w, b, pad=1 if k == 3 else 0)
         blobs[name] = x
         if name in ("conv1_2", "conv2_2", "conv3_3", "conv4_3"):
-            x = np_max_pool(x, 2, 2, 0)
+            x = nchw(caffe_max_pool, x, kernel=2, stride=2)
         elif name == "conv5_3":
-            x = np_max_pool(x, 3, 1, 1)
+            x = nchw(caffe_max_pool, x, kernel=3, stride=1, pad=1)
     for name, _, _, _, stride, pad in SSD300_EXTRAS:
-        x = relu(np_conv(x, *weights[name], stride=stride, pad=pad))
+        x = np_conv(x, *weights[name], stride=stride, pad=pad)
         blobs[name] = x
-    blobs["conv4_3_norm"] = np_normalize(blobs["conv4_3"], weights["conv4_3_norm"][0])
+    blobs["conv4_3_norm"] = nchw(caffe_normalize, blobs["conv4_3"], weights["conv4_3_norm"][0])
     locs, confs = [], []
     for source, _, _ in SSD300_SOURCES:
         for head, store in (("loc", locs), ("conf", confs)):
-            y = np_conv(blobs[source], *weights[f"{source}_mbox_{head}"], pad=1)
+            y = np_conv(blobs[source], *weights[f"{source}_mbox_{head}"], relu=False, pad=1)
             store.append(y.transpose(1, 2, 0).reshape(-1))  # Permute 0,2,3,1 then Flatten
     return {"conv1_1": blobs["conv1_1"], "conv1_2": blobs["conv1_2"],
             "mbox_loc": np.concatenate(locs)[None], "mbox_conf": np.concatenate(confs)[None]}
@@ -277,9 +239,7 @@ def np_softmax_rows(logits, num_classes):
 
 
 def run_script(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return run_project_script("caffe_to_tensorflow.py", *args)
 
 
 def expected_tf_value(blob: np.ndarray, layer: str) -> np.ndarray:
@@ -380,6 +340,7 @@ def ssd300(tmp_path_factory):
                 npz=npz, proc=proc, ckpt=str(model_path).replace(".caffemodel", ".ckpt"))
 
 
+@pytest.mark.slow
 def test_script_writes_checkpoint_next_to_caffemodel(ssd300):
     proc = ssd300["proc"]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -391,6 +352,7 @@ def test_script_writes_checkpoint_next_to_caffemodel(ssd300):
     assert "warning" not in proc.stdout  # the prototxt's geometry matches the TF net
 
 
+@pytest.mark.slow
 def test_every_tf_variable_equals_its_transposed_caffe_blob(ssd300):
     reader = tf.train.load_checkpoint(ssd300["ckpt"])
     names = reader.get_variable_to_shape_map()
@@ -410,6 +372,7 @@ def test_every_tf_variable_equals_its_transposed_caffe_blob(ssd300):
     assert w[0, 1, 255, 5] == blob[5, 255, 0, 1]
 
 
+@pytest.mark.slow
 def test_conv1_1_input_channels_reversed(ssd300):
     reader = tf.train.load_checkpoint(ssd300["ckpt"])
     w = reader.get_tensor("ssd_300_vgg/conv1/conv1_1/weights")   # [3, 3, RGB, 64]
@@ -421,6 +384,7 @@ def test_conv1_1_input_channels_reversed(ssd300):
     np.testing.assert_array_equal(w2[:, :, 0, :], ssd300["weights"]["conv1_2"][0][:, 0].transpose(1, 2, 0))
 
 
+@pytest.mark.slow
 def test_sidecar_records_the_prototxt_anchors(ssd300):
     meta = json.loads(open(ssd300["ckpt"] + ".ssd.json").read())
     assert meta["model_name"] == "ssd_300_vgg" and meta["num_classes"] == 21
@@ -436,6 +400,7 @@ def test_sidecar_records_the_prototxt_anchors(ssd300):
     assert params.num_classes == 21
 
 
+@pytest.mark.slow
 def test_first_layers_match_numpy_caffe_on_bgr(ssd300):
     # Load the converted checkpoint as eval does, feed RGB; NumPy Caffe got BGR.
     model_name, params = configure.resolve_model(checkpoint=ssd300["ckpt"])
@@ -458,6 +423,7 @@ def test_first_layers_match_numpy_caffe_on_bgr(ssd300):
     assert np.abs(wrong["block1"].numpy()[0] - expected).max() > 100 * np.abs(block1 - expected).max()
 
 
+@pytest.mark.slow
 def test_whole_net_matches_numpy_caffe_and_verify_reports_it(ssd300):
     out = ssd300["proc"].stdout
     diffs = {}
@@ -628,6 +594,7 @@ def test_legacy_bias_shape_accepted_but_not_a_matrix(zero_weights_300, var_shape
                                                                      var_shapes["ssd_300_vgg"])
 
 
+@pytest.mark.slow
 def test_script_errors_are_one_line_with_exit_codes(tmp_path):
     bad = tmp_path / "bad.caffemodel"
     caffe_pb.write_caffemodel(bad, [("conv1_1", "Convolution",
@@ -660,6 +627,7 @@ def test_script_errors_are_one_line_with_exit_codes(tmp_path):
         assert needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
+@pytest.mark.slow
 def test_script_help_exits_0():
     proc = run_script("--help")
     assert proc.returncode == 0, proc.stderr

@@ -18,20 +18,18 @@ from PIL import Image
 from datasets import pascalvoc_to_tfrecords as converter
 from datasets import tfrecords
 from tests import voc_fixtures
+from tests.scripts import ROOT, error_lines, run_script, script_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tf_convert_data.py")
 
 
 def _run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=timeout)
+    return run_script("tf_convert_data.py", *args, timeout=timeout)
 
 
 def _our_lines(stderr: str) -> list[str]:
     """stderr lines written by the script (TF's own start-up lines are left out)."""
-    return [line for line in stderr.splitlines() if line.startswith("tf_convert_data.py:")]
+    return error_lines(stderr, SCRIPT)
 
 
 def _shard_names(out_dir) -> list[str]:
@@ -49,6 +47,7 @@ def small_voc(tmp_path_factory):
                                          num_images=5, seed=11)
 
 
+@pytest.mark.slow
 def test_script_round_trip_and_byte_identical_rerun(small_voc, tmp_path):
     """The real script converts (1 worker, trailing '/'); the library with 2 workers and again
     with 1 worker writes byte-identical shards; the script's summary is printed."""
@@ -72,6 +71,7 @@ def test_script_round_trip_and_byte_identical_rerun(small_voc, tmp_path):
     assert _ids_in(tf.io.gfile.glob(str(out_script / "*.tfrecord"))) == small_voc.ids
 
 
+@pytest.mark.slow
 def test_script_data_error_exit_1_one_line(small_voc, tmp_path):
     root = tmp_path / "VOC"
     fx = voc_fixtures.make_voc_dataset(root, num_images=2, seed=2, odd_cases=False)
@@ -85,6 +85,7 @@ def test_script_data_error_exit_1_one_line(small_voc, tmp_path):
     assert _shard_names(out) == []  # the output folder is left empty, no temp folder either
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--output_name=x"], "--dataset_dir must have a value"),
     (["--dataset_dir=/nonexistent/VOC2007"], "--dataset_dir=/nonexistent/VOC2007: no such folder"),
@@ -99,6 +100,7 @@ def test_script_usage_errors_exit_2(small_voc, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_script_help_lists_every_flag():
     result = _run_script("--help")
     assert result.returncode == 0
@@ -246,11 +248,10 @@ def _start_blocked_conversion(tmp_path, workers: int, procs: list):
     os.remove(fifo)
     os.mkfifo(fifo)  # reading it blocks until someone writes: the run is caught mid-way
     out = tmp_path / "out"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen([sys.executable, SCRIPT, f"--dataset_dir={fx.root}",
                              f"--output_dir={out}", "--output_name=voc_2007_train",
                              "--samples_per_shard=2", f"--num_workers={workers}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     procs.append(proc)
     temp_dir = out / f".voc_2007_train.tmp-{proc.pid}"
@@ -264,6 +265,7 @@ def _start_blocked_conversion(tmp_path, workers: int, procs: list):
     return fx, out, proc, temp_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, 2), (signal.SIGINT, 1)])
 def test_interrupted_conversion_leaves_nothing(blocked_conversion, sig, workers):
     fx, out, proc, temp_dir = blocked_conversion(workers)
@@ -275,6 +277,7 @@ def test_interrupted_conversion_leaves_nothing(blocked_conversion, sig, workers)
     assert _shard_names(out) == []
 
 
+@pytest.mark.slow
 def test_killed_conversion_leaves_no_shard_and_is_cleaned_by_the_next_run(blocked_conversion):
     fx, out, proc, temp_dir = blocked_conversion(workers=1)
     proc.kill()  # SIGKILL: no clean-up possible

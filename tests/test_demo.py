@@ -10,14 +10,14 @@ import glob
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 import demo
+from tests.scripts import run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # runs demo.py (data, training, evaluation, detection)
+
 CHANCE_MAP = 0.003
 QUICK_MIN_MAP = 0.2  # > 60x chance; measured 0.43
 
@@ -26,10 +26,8 @@ QUICK_MIN_MAP = 0.2  # > 60x chance; measured 0.43
 def quick_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     out, data = str(base / "out"), str(base / "data")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--quick",
-                           f"--output_dir={out}", f"--data_dir={data}"], cwd=str(base), env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = run_script("demo.py", "--quick", f"--output_dir={out}", f"--data_dir={data}",
+                      cwd=str(base), timeout=900)
     return proc, out, data
 
 
@@ -90,6 +88,5 @@ def test_sample_data_cache_and_bad_arguments(tmp_path):
     (tmp_path / "demo_spec.json").write_text(json.dumps(spec))
     assert demo.data_is_current(str(tmp_path), spec)
     assert not demo.data_is_current(str(tmp_path), dict(spec, num_test=2))
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--steps=0"],
-                         capture_output=True, text=True, cwd=str(tmp_path))
+    bad = run_script("demo.py", "--steps=0", cwd=str(tmp_path))
     assert bad.returncode == 2 and "--steps must be >= 1" in bad.stderr

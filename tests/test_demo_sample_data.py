@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -12,8 +10,7 @@ import pytest
 from PIL import Image
 
 from datasets import sample_data
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.scripts import run_script
 
 
 def _digest(folder: str) -> dict[str, str]:
@@ -127,15 +124,13 @@ def test_deterministic_and_prefix_stable(tmp_path, dataset):
     assert all(first[k] == v for k, v in _digest(root).items() if "ImageSets" not in k)
 
 
+@pytest.mark.slow
 def test_module_command_line(tmp_path):
     out = tmp_path / "cli"
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "datasets.sample_data", "--output_dir", str(out),
-                           "--num_trainval", "3", "--num_test", "2", "--image_height", "64",
-                           "--image_width", "96"], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = run_script("-m datasets.sample_data", "--output_dir", str(out), "--num_trainval", "3",
+                      "--num_test", "2", "--image_height", "64", "--image_width", "96")
     assert proc.returncode == 0, proc.stderr
     assert "3 trainval + 2 test images" in proc.stdout
     assert Image.open(out / "JPEGImages" / "test_000002.jpg").size == (96, 64)
-    bad = subprocess.run([sys.executable, "-m", "datasets.sample_data", "--output_dir", str(out),
-                          "--image_height", "8"], cwd=ROOT, env=env, capture_output=True, text=True)
+    bad = run_script("-m datasets.sample_data", "--output_dir", str(out), "--image_height", "8")
     assert bad.returncode == 2 and "too small" in bad.stderr and "Traceback" not in bad.stderr

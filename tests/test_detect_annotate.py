@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,21 +15,15 @@ import tensorflow as tf
 from PIL import Image
 
 from datasets import sample_data
+from inference import drawing
 from nets import nets_factory
-from notebooks import visualization
+from tests.scripts import run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 5
 # The last feature layer (extra3, 1x1 map, step 160, offset 0.5) has its first anchor centred at
 # 0.5 with side 142.4 / 160 = 0.89 ('voc' preset): (0.055, 0.055, 0.945, 0.945), normalized.
 PLANTED_BOX = (0.055, 0.055, 0.945, 0.945)
 PLANTED_CLASS = 2  # 'square' in the sample label map
-
-
-def run_script(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +58,7 @@ def _expected_pixels(height, width):
     return {"ymin": ymin * height, "xmin": xmin * width, "ymax": ymax * height, "xmax": xmax * width}
 
 
+@pytest.mark.slow
 def test_folder_and_file_give_json_and_png_in_original_pixels(planted, images, tmp_path):
     folder, small = images
     labels = os.path.join(os.path.dirname(folder), "labels.txt")
@@ -93,7 +86,7 @@ def test_folder_and_file_give_json_and_png_in_original_pixels(planted, images, t
         png = np.asarray(Image.open(os.path.join(out, stem + ".png")))
         assert png.shape == (height, width, 3)
         # The box outline, in the class colour, runs down the left edge of the box.
-        color = np.array(visualization.class_colors(NUM_CLASSES)[PLANTED_CLASS])
+        color = np.array(drawing.class_colors(NUM_CLASSES)[PLANTED_CLASS])
         row = int(height * 0.7)
         xmin = int(round(det["bbox"]["xmin"]))
         assert any(np.array_equal(png[row, x], color) for x in range(xmin - 1, xmin + 2))
@@ -107,6 +100,7 @@ def test_folder_and_file_give_json_and_png_in_original_pixels(planted, images, t
         "test_000001.jpg", "test_000002.jpg", "test_000003.jpg", "trainval_000001.jpg"]
 
 
+@pytest.mark.slow
 def test_nodraw_and_bad_inputs(planted, images, tmp_path):
     folder, _ = images
     out = str(tmp_path / "nodraw")
@@ -123,15 +117,15 @@ def test_nodraw_and_bad_inputs(planted, images, tmp_path):
     assert "Traceback" not in missing.stderr + result.stderr
 
 
-def test_visualization_draws_each_class_in_its_colour():
+def test_drawing_draws_each_class_in_its_colour():
     image = np.zeros((50, 80, 3), np.uint8)
-    drawn = visualization.draw_bboxes(image, [[0.2, 0.25, 0.8, 0.75]], [3], [0.5], thickness=1,
-                                      class_names={3: "triangle"}, num_classes=5)
-    color = np.array(visualization.class_colors(5)[3])
+    drawn = drawing.draw_bboxes(image, [[0.2, 0.25, 0.8, 0.75]], [3], [0.5], thickness=1,
+                                class_names={3: "triangle"}, num_classes=5)
+    color = np.array(drawing.class_colors(5)[3])
     # Left edge x = 0.25 * 80 = 20, rows 10..40; the label sits above the box.
     np.testing.assert_array_equal(drawn[30, 20], color)
     np.testing.assert_array_equal(drawn[30, 40], [0, 0, 0])
-    colors = visualization.class_colors(21)
+    colors = drawing.class_colors(21)
     assert len(set(colors)) == 21
-    assert visualization.box_label(3, 0.876, {3: "triangle"}) == "triangle 0.88"
-    assert visualization.box_label(7, None, ["bg", "a"]) == "7"
+    assert drawing.box_label(3, 0.876, {3: "triangle"}) == "triangle 0.88"
+    assert drawing.box_label(7, None, ["bg", "a"]) == "7"

@@ -4,7 +4,6 @@ Golden values are written out by hand (see the comments); the Caffe reference be
 literal NumPy transcription of Caffe's Convolution / Pooling (ceil mode) / Normalize layers.
 """
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -13,6 +12,7 @@ import tensorflow as tf
 
 from nets import nets_factory, ssd_params
 from nets.ssd_params import ExtraBlock, SSDParams
+from tests.references import caffe_conv, caffe_max_pool, caffe_normalize
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "golden")
 
@@ -255,51 +255,7 @@ def test_weight_decay_variables_are_the_conv_kernels(ssd300):
     assert all(n.endswith("/kernel") for n in names)
 
 
-# -- Caffe semantics against a NumPy reference -----------------------------------------------
-
-def caffe_conv(x, w, b, pad=0, stride=1, dilation=1, relu=True):
-    """Caffe Convolution on NHWC x [N,H,W,C], weights HWIO: symmetric zero pad, floor rule."""
-    k = w.shape[0]
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    eff = dilation * (k - 1) + 1
-    out_h = (x.shape[1] + 2 * pad - eff) // stride + 1
-    out_w = (x.shape[2] + 2 * pad - eff) // stride + 1
-    y = np.zeros((x.shape[0], out_h, out_w, w.shape[3]), np.float64)
-    for i in range(k):
-        for j in range(k):
-            patch = xp[:, i * dilation: i * dilation + stride * (out_h - 1) + 1: stride,
-                       j * dilation: j * dilation + stride * (out_w - 1) + 1: stride, :]
-            y += patch.astype(np.float64) @ w[i, j].astype(np.float64)
-    y += b
-    return np.maximum(y, 0) if relu else y
-
-
-def caffe_max_pool(x, kernel, stride, pad=0):
-    """Caffe Pooling (MAX): ceil-mode output size, the last window must start inside the
-    image (+pad), windows clipped to the image."""
-    n, h, w, c = x.shape
-
-    def out_size(size):
-        pooled = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-        if (pooled - 1) * stride >= size + pad:
-            pooled -= 1
-        return pooled
-
-    out_h, out_w = out_size(h), out_size(w)
-    y = np.empty((n, out_h, out_w, c), x.dtype)
-    for ph in range(out_h):
-        for pw in range(out_w):
-            hs, ws = max(ph * stride - pad, 0), max(pw * stride - pad, 0)
-            he, we = min(ph * stride - pad + kernel, h), min(pw * stride - pad + kernel, w)
-            y[:, ph, pw] = x[:, hs:he, ws:we].max(axis=(1, 2))
-    return y
-
-
-def caffe_normalize(x, scale, eps=1e-10):
-    """Caffe Normalize (across_spatial false, channel_shared false)."""
-    x = x.astype(np.float64)
-    return x / np.sqrt((x * x).sum(-1, keepdims=True) + eps) * scale
-
+# -- Caffe semantics against a NumPy reference (tests/references.py) ----------------------------
 
 def _rel_close(actual, expected, tol=1e-4):
     actual = np.asarray(actual, np.float64)

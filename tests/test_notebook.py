@@ -19,6 +19,8 @@ nbclient = pytest.importorskip("nbclient")
 from datasets import sample_data  # noqa: E402
 from nets import nets_factory  # noqa: E402
 
+pytestmark = pytest.mark.slow  # executes the notebook in a kernel
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "ssd_notebook.ipynb")
 NUM_CLASSES = 5

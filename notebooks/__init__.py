@@ -1,1 +1,0 @@
-"""Notebook demo and its drawing helpers (``from notebooks import visualization``)."""
