@@ -1,13 +1,13 @@
 """Checks shared by the network tests."""
 import numpy as np
 
-from nets import checkpoints, nets_factory
+from nets import configure, nets_factory
 
 
 def assert_reloads_identically(net, prefix, images, expected):
     """A net rebuilt from the sidecar of ``prefix`` and loaded from it gives ``expected``
     (``net.flat_outputs`` of the saved net on ``images``). Returns ``(twin net, its flat outputs)``."""
-    model_name, params = checkpoints.checkpoint_params(prefix)
+    model_name, params = configure.resolve_model(checkpoint=prefix)
     assert model_name == net.model_name and params == net.params
     twin = nets_factory.get_network(model_name)(params)
     report = twin.load_checkpoint(prefix)
