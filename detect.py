@@ -36,7 +36,9 @@ from nets import configure
 
 FLAGS = flags.FLAGS
 define_model_flags(None, with_preprocessing=False,
-                   anchor_default_help="the checkpoint's sidecar, else voc")
+                   anchor_default_help="the checkpoint's sidecar, else voc",
+                   num_classes_default_help="the checkpoint's sidecar, else the size of its "
+                   "class heads")
 define_postprocessing_flags(0.5)
 flags.DEFINE_string("checkpoint_path", None, "Checkpoint prefix, file or directory (latest "
                     "checkpoint). Required unless --random_weights.")

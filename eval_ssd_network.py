@@ -21,7 +21,6 @@ import os
 
 from absl import flags
 
-import cli.flags
 from cli import app
 from cli.flags import (check_postprocessing_flags, check_required, config_from_flags,
                        define_dataset_flags, define_device_flags, define_model_flags,
@@ -40,7 +39,6 @@ define_postprocessing_flags(0.01)
 define_device_flags("Run the network in bfloat16 or float16 (weights stay float32; outputs and "
                     "post-processing float32). bfloat16 is about 4x faster on CPUs with AMX "
                     "(bench/bench_nets.py); see docs/evaluation.md for its effect on mAP.")
-flags.adopt_module_key_flags(cli.flags)  # --help lists the shared groups too.
 
 # -- Matching and images --------------------------------------------------------------------
 flags.DEFINE_float("matching_threshold", 0.5,

@@ -34,8 +34,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fileio import atomic  # noqa: E402  (after the sys.path set-up)
-
-RGB_MEANS = (123.0, 117.0, 104.0)
+from tf_extended.images import RGB_MEANS  # noqa: E402
 BATCH = 32
 
 
