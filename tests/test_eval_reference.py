@@ -15,14 +15,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (ymin, xmin, ymax, xmax) boxes, plain floats."""
-    ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    iw = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = ih * iw
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from tests.references import iou
 
 
 def reference_voc(images: Sequence[dict], num_classes: int, threshold: float = 0.5,
@@ -61,7 +54,7 @@ def reference_voc(images: Sequence[dict], num_classes: int, threshold: float = 0
             for g in range(len(im["gt_labels"])):
                 if im["gt_labels"][g] != c:
                     continue
-                overlap = _iou(im["det_boxes"][k], im["gt_boxes"][g])
+                overlap = iou(im["det_boxes"][k], im["gt_boxes"][g])
                 if overlap > best:
                     best, best_g = overlap, g
             if best > threshold:

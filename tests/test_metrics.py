@@ -6,13 +6,7 @@ import pytest
 
 from tf_extended import metrics
 
-
-def _iou(a, b):
-    ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    iw = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = ih * iw
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from tests.references import iou
 
 
 def _nanmax(values):
@@ -41,7 +35,7 @@ def _devkit_ap(images, cls, thr=0.5):
         g = gts[i]
         ovmax, jmax = -math.inf, -1
         for j, gbox in enumerate(g["boxes"]):
-            ov = _iou(box, gbox)
+            ov = iou(box, gbox)
             if ov > ovmax:
                 ovmax, jmax = ov, j
         if ovmax > thr:

@@ -5,14 +5,7 @@ import tensorflow as tf
 
 from tf_extended import boxes, postprocess
 
-
-def _py_iou(a, b):
-    """IoU of two (ymin, xmin, ymax, xmax) boxes, plain Python floats."""
-    ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    iw = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = ih * iw
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from tests.references import iou
 
 
 def _reference(scores, bboxes, select_threshold, nms_threshold, top_k, keep_top_k):
@@ -30,7 +23,7 @@ def _reference(scores, bboxes, select_threshold, nms_threshold, top_k, keep_top_
         cands = cands[:top_k]
         sel = []
         for s, a in cands:
-            if all(_py_iou(bboxes[a], bboxes[k]) <= nms_threshold for _, k in sel):
+            if all(iou(bboxes[a], bboxes[k]) <= nms_threshold for _, k in sel):
                 sel.append((s, a))
         kept += [(s, c, a) for s, a in sel]
     kept.sort(key=lambda t: (-t[0], t[1], t[2]))

@@ -6,14 +6,7 @@ import tensorflow as tf
 from preprocessing import geometry
 from preprocessing.geometry import CAFFE_BATCH_SAMPLERS, BatchSampler
 
-
-def np_iou(a, b):
-    """IoU of two (ymin, xmin, ymax, xmax) boxes, Caffe's JaccardOverlap."""
-    h = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    w = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = h * w
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from tests.references import iou
 
 
 def caffe_generate_batch_samples(bboxes, canvas, samplers, uniforms):
@@ -39,7 +32,7 @@ def caffe_generate_batch_samples(bboxes, canvas, samplers, uniforms):
             constrained = sampler.min_jaccard_overlap is not None or sampler.max_jaccard_overlap is not None
             ok = not constrained
             for gt in bboxes:  # SatisfySampleConstraint
-                j = np_iou(box, gt)
+                j = iou(box, gt)
                 if sampler.min_jaccard_overlap is not None and j < sampler.min_jaccard_overlap:
                     continue
                 if sampler.max_jaccard_overlap is not None and j > sampler.max_jaccard_overlap:
@@ -106,7 +99,7 @@ def test_sampler_constraints_hold_over_many_seeds():
         scale = np.sqrt(h * w)
         assert sampler.min_scale - 1e-4 <= scale <= sampler.max_scale + 1e-4
         assert sampler.min_aspect_ratio - 1e-4 <= w / h <= sampler.max_aspect_ratio + 1e-4
-        overlaps = [np_iou(window, b) for b in bboxes]
+        overlaps = [iou(window, b) for b in bboxes]
         if sampler.min_jaccard_overlap is not None:
             assert max(overlaps) >= sampler.min_jaccard_overlap - 1e-6
     # Every sampler gets picked sometimes (uniform among the successful ones); min IoU 0.9 is
