@@ -71,11 +71,11 @@ def training_checkpoint(model: Any, step: tf.Variable, optimizer: Any,
     ``model/_graph/_operations/1/kernel`` has 5); kept this deep, the weights are saved under
     ``model/...``, where ``nets.checkpoints`` (and so eval) looks for them.
     """
-    objects = {"model": model, "step": step,
+    objects = {ckpt_lib.TRAINING_CHECKPOINT_KEY: model, "step": step,
                "train_state": tf.train.Checkpoint(state=tf.train.Checkpoint(
                    slots=tf.train.Checkpoint(optimizer=optimizer)))}
     if train_model is not None:
-        objects["train_model"] = train_model
+        objects[ckpt_lib.TRAINING_RAW_WEIGHTS_KEY] = train_model
     return tf.train.Checkpoint(**objects)
 
 
@@ -195,8 +195,9 @@ def _resume(config: TrainConfig, keeper: CheckpointKeeper, latest: str, net: Any
                            "start afresh.", latest, "; ".join(changes))
             # The trained weights are under 'train_model' when the checkpoint was written
             # with a moving average ('model' then holds the average), else under 'model'.
-            partial = {"step": step_var,
-                       "train_model" if previous.get("moving_average") else "model": net}
+            key = (ckpt_lib.TRAINING_RAW_WEIGHTS_KEY if previous.get("moving_average")
+                   else ckpt_lib.TRAINING_CHECKPOINT_KEY)
+            partial = {"step": step_var, key: net}
             tf.train.Checkpoint(**partial).restore(latest).expect_partial()
             if ema is not None:
                 ema.reset()

@@ -364,11 +364,6 @@ def run_evaluation(batches: Iterable[Mapping[str, Any]],
 # ---------------------------------------------------------------------------------------
 # Model weights.
 
-# In the trainer's checkpoints of a run with a moving average, key 'model' holds the averages
-# and this key the raw weights (engine/training.py, docs/training.md).
-TRAINER_RAW_WEIGHTS_KEY = "train_model"
-
-
 def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str:
     """Load a checkpoint (TF1 names, converted Caffe, or the trainer's) into ``net``.
 
@@ -394,7 +389,7 @@ def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str
     reader = checkpoint_files.open_reader(prefix)
     reader_names = reader.get_variable_to_shape_map()
     net.load_checkpoint(prefix)
-    if any(n.startswith(TRAINER_RAW_WEIGHTS_KEY + "/") for n in reader_names):
+    if any(n.startswith(checkpoints.TRAINING_RAW_WEIGHTS_KEY + "/") for n in reader_names):
         return "moving_average"
     if not use_moving_average:
         return "weights"

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".ssd.json"
 # Key of the net inside the trainer's object-based tf.train.Checkpoint(model=net, ...).
 TRAINING_CHECKPOINT_KEY = "model"
+# Key of the trained (raw) weights in that checkpoint when ``model`` holds their moving average.
+TRAINING_RAW_WEIGHTS_KEY = "train_model"
 # TF-Slim scope of the ImageNet VGG-16 checkpoint (vgg_16.ckpt from TF-Slim's model zoo).
 VGG16_SCOPE = "vgg_16"
 # Variables of vgg_16.ckpt that an SSD net does not use (ImageNet classifier, bookkeeping).
