@@ -20,7 +20,8 @@ FLAGS = flags.FLAGS
 flags.disclaim_key_flags()
 
 DATASET_NAMES_HELP = ("pascalvoc_2007, pascalvoc_2012, pascalvoc_0712, or voc/custom for any "
-                      "converted VOC-format dataset")
+                      "converted VOC-format dataset; coco_2014, coco_2017, or coco for any "
+                      "converted COCO-format dataset")
 
 
 def _names(values: Iterable[str]) -> str:
@@ -36,7 +37,9 @@ def define_dataset_flags(split_default: str) -> None:
                         "Glob of the TFRecord files ('%s' = the split), relative to dataset_dir; "
                         "default: the dataset's.")
     flags.DEFINE_string("labels_file", None,
-                        "Label map of a custom dataset: one class name per line (ids 1..N).")
+                        "Label map of a custom dataset: one class name per line (ids 1..N), or "
+                        "the COCO converter's <name>_label_map.json (COCO datasets find theirs "
+                        "beside the shards).")
 
 
 def define_model_flags(model_default: Optional[str], *, with_preprocessing: bool = True,

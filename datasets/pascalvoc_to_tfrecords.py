@@ -18,34 +18,34 @@ What it guarantees (the original converter's bugs, reference §5 and §12, fixed
   renamed only when everything succeeded, so a failed or interrupted run leaves no shard
   where training would read it;
 - the same input and options give byte-identical shards (sorted order, no timestamps).
+
+The shard writing (workers, temporary folder, overwrite, skip_errors, summary) and the image
+check are ``datasets.shard_writer``'s, shared with the COCO converter.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-import io
 import logging
-import multiprocessing
 import os
 import random
-import re
-import shutil
-import signal
 import time
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
-from PIL import Image
-import tensorflow as tf
 
 from datasets import pascalvoc_common
+from datasets import shard_writer
 from datasets import tfrecords
+# The shared pieces, under the names this module always had.
+from datasets.shard_writer import (  # noqa: F401 - re-exported
+    ConversionError, ConversionSummary, DataError, LoadedImage, UsageError, existing_shards,
+    load_image, shard_path)
 
 log = logging.getLogger(__name__)
 
 # The original converter's shard size (reference §5).
-DEFAULT_SAMPLES_PER_SHARD = 200
+DEFAULT_SAMPLES_PER_SHARD = shard_writer.DEFAULT_SAMPLES_PER_SHARD
 # The original converter's (unused) shuffling seed (reference §5).
 DEFAULT_SEED = 4242
 
@@ -57,27 +57,6 @@ SPLITS_DIR = os.path.join("ImageSets", "Main")
 _OTHER_EXTENSIONS = (".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".gif", ".tif", ".tiff",
                      ".webp")
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
-
-
-class ConversionError(Exception):
-    """Base class of the converter's errors."""
-
-
-class UsageError(ConversionError):
-    """Wrong arguments or folder layout (the script exits with code 2)."""
-
-
-class DataError(ConversionError):
-    """Bad input data; ``str(error)`` is one line ``<file>: <problem>`` (script exit code 1)."""
-
-    def __init__(self, path: str, problem: str):
-        problem = " ".join(problem.split("\n"))  # one line, whatever a library's message holds
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-    def __reduce__(self):  # picklable across worker processes despite the 2-argument init
-        return (DataError, (self.path, self.problem))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,51 +75,6 @@ class VocAnnotation:
     filename: str
     size: tuple[int, int] | None
     objects: tuple[VocObject, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedImage:
-    """Bytes to store, their format ('JPEG' or 'PNG') and the image's pixel size."""
-    encoded: bytes
-    image_format: str
-    width: int
-    height: int
-    reencoded: bool
-
-
-@dataclasses.dataclass
-class ConversionSummary:
-    """What a conversion wrote and skipped."""
-    dataset_dir: str
-    output_files: list[str]
-    num_images: int = 0
-    num_objects: int = 0
-    objects_per_class: dict[str, int] = dataclasses.field(default_factory=dict)
-    difficult_per_class: dict[str, int] = dataclasses.field(default_factory=dict)
-    num_reencoded: int = 0
-    num_warnings: int = 0
-    skipped: list[str] = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_text(self) -> str:
-        """A human-readable report: totals, a per-class table, skipped examples."""
-        lines = [f"Wrote {self.num_images} images ({self.num_objects} objects) from "
-                 f"{self.dataset_dir} into {len(self.output_files)} shard(s) in "
-                 f"{self.seconds:.1f} s."]
-        if self.output_files:
-            lines.append(f"  first shard: {self.output_files[0]}")
-            lines.append(f"  last shard:  {self.output_files[-1]}")
-        if self.num_reencoded:
-            lines.append(f"  {self.num_reencoded} image(s) (CMYK JPEG, or neither JPEG nor PNG) "
-                         "were stored as lossless RGB PNG.")
-        lines.append(f"  {'class':<20s} {'objects':>8s} {'difficult':>9s}")
-        for name, count in self.objects_per_class.items():
-            lines.append(f"  {name:<20s} {count:8d} {self.difficult_per_class.get(name, 0):9d}")
-        if self.num_warnings:
-            lines.append(f"  {self.num_warnings} warning(s), see the log above.")
-        lines.append(f"Skipped {len(self.skipped)} image(s).")
-        lines.extend(f"  skipped {message}" for message in self.skipped)
-        return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -244,40 +178,6 @@ def check_boxes(annotation: VocAnnotation, width: int, height: int, xml_path: st
                                       f"ymax {ymax:g}) lies outside the {width}x{height} image")
 
 
-def load_image(path: str) -> LoadedImage:
-    """Reads and fully checks one image file; returns what to store (see the module doc).
-
-    Raises DataError for a missing, empty, truncated, corrupt or unsupported file.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise DataError(path, f"cannot read image ({e.strerror})") from None
-    if not data:
-        raise DataError(path, "empty image file")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if im.format in ("JPEG", "MPO") and im.mode in ("L", "RGB"):
-                # Decoding at 1/8 scale (libjpeg DCT scaling) still reads every entropy-coded
-                # byte, so truncation is caught at a fraction of a full decode's cost.
-                im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
-                im.load()
-                return LoadedImage(data, "JPEG", width, height, reencoded=False)
-            if im.format == "PNG":
-                im.load()
-                return LoadedImage(data, "PNG", width, height, reencoded=False)
-            # CMYK/YCCK JPEGs and other formats: not every TF decoder reads them (and CMYK
-            # conversions differ between decoders), so store PIL's RGB losslessly.
-            im.load()
-            buffer = io.BytesIO()
-            im.convert("RGB").save(buffer, format="PNG")
-            return LoadedImage(buffer.getvalue(), "PNG", width, height, reencoded=True)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise DataError(path, f"corrupt or unsupported image ({e})") from None
-
-
 def find_image(dataset_dir: str, image_id: str, xml_filename: str) -> str:
     """The image file of an id: JPEGImages/<id>.jpg, else the XML's <filename>, else
     <id> with another common extension. Raises DataError listing what was tried."""
@@ -301,26 +201,22 @@ def find_image(dataset_dir: str, image_id: str, xml_filename: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ExampleConfig:
+class VocExamples:
+    """The examples of a VOC folder (a ``shard_writer.ExampleSource``: keys are image ids)."""
     dataset_dir: str
     class_to_label: dict[str, int]
     allow_empty: bool
 
+    def location(self, image_id: str) -> str:
+        return os.path.join(self.dataset_dir, ANNOTATIONS_DIR, image_id + ".xml")
 
-@dataclasses.dataclass(frozen=True)
-class _ExampleResult:
-    image_id: str
-    serialized: bytes | None
-    class_names: tuple[str, ...] = ()
-    difficult: tuple[int, ...] = ()
-    reencoded: bool = False
-    warnings: tuple[str, ...] = ()
-    error: DataError | None = None
+    def convert(self, image_id: str) -> shard_writer.ExampleResult:
+        return convert_example(self, image_id)
 
 
-def convert_example(config: _ExampleConfig, image_id: str) -> _ExampleResult:
+def convert_example(config: VocExamples, image_id: str) -> shard_writer.ExampleResult:
     """Reads, checks and serializes one image id; DataError for bad input."""
-    xml_path = os.path.join(config.dataset_dir, ANNOTATIONS_DIR, image_id + ".xml")
+    xml_path = config.location(image_id)
     try:
         with open(xml_path, "rb") as f:
             xml_bytes = f.read()
@@ -347,39 +243,10 @@ def convert_example(config: _ExampleConfig, image_id: str) -> _ExampleResult:
         difficult=[o.difficult for o in annotation.objects],
         truncated=[o.truncated for o in annotation.objects],
         filename=image_id)
-    return _ExampleResult(image_id, serialized,
-                          class_names=tuple(o.name for o in annotation.objects),
-                          difficult=tuple(o.difficult for o in annotation.objects),
-                          reencoded=image.reencoded, warnings=tuple(warnings))
-
-
-_WORKER_CONFIG: _ExampleConfig | None = None
-
-
-def _init_worker(config: _ExampleConfig) -> None:
-    global _WORKER_CONFIG
-    _WORKER_CONFIG = config
-    # The parent handles Ctrl-C and termination and then terminates the pool: workers must
-    # neither print their own KeyboardInterrupt nor run handlers inherited through fork.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _safe_convert(config: _ExampleConfig, image_id: str) -> _ExampleResult:
-    try:
-        return convert_example(config, image_id)
-    except DataError as e:
-        return _ExampleResult(image_id, None, error=e)
-    except Exception as e:  # noqa: BLE001 - one line naming the example, never a traceback
-        log.debug("unexpected error on %s", image_id, exc_info=True)
-        return _ExampleResult(image_id, None, error=DataError(
-            os.path.join(config.dataset_dir, ANNOTATIONS_DIR, image_id + ".xml"),
-            f"unexpected {type(e).__name__} while converting this example: {e}"))
-
-
-def _worker_convert(image_id: str) -> _ExampleResult:
-    assert _WORKER_CONFIG is not None
-    return _safe_convert(_WORKER_CONFIG, image_id)
+    return shard_writer.ExampleResult(image_id, serialized,
+                                      class_names=tuple(o.name for o in annotation.objects),
+                                      flags=tuple(o.difficult for o in annotation.objects),
+                                      reencoded=image.reencoded, warnings=tuple(warnings))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -428,64 +295,6 @@ def list_image_ids(dataset_dir: str, split: str | None = None) -> list[str]:
     return ids
 
 
-def shard_path(output_dir: str, output_name: str, index: int) -> str:
-    """``<output_dir>/<output_name>_NNN.tfrecord`` (the original's naming)."""
-    return os.path.join(output_dir, f"{output_name}_{index:03d}.tfrecord")
-
-
-def existing_shards(output_dir: str, output_name: str) -> list[str]:
-    """Shards of ``output_name`` already in ``output_dir`` (exactly ``<name>_<digits>.tfrecord``)."""
-    if not os.path.isdir(output_dir):
-        return []
-    pattern = re.compile(re.escape(output_name) + r"_\d{3,}\.tfrecord")
-    return sorted(os.path.join(output_dir, n) for n in os.listdir(output_dir)
-                  if pattern.fullmatch(n))
-
-
-def _temp_dir_prefix(output_name: str) -> str:
-    # Hidden and a folder: no glob of the form <dir>/<name>_*.tfrecord can ever match it.
-    return f".{output_name}.tmp-"
-
-
-def _remove_stale_temp_dirs(output_dir: str, output_name: str) -> None:
-    """Removes temporary folders left by killed runs (their process no longer exists)."""
-    prefix = _temp_dir_prefix(output_name)
-    for name in os.listdir(output_dir):
-        if not name.startswith(prefix):
-            continue
-        pid_text = name[len(prefix):]
-        if pid_text.isdigit() and _process_alive(int(pid_text)):
-            continue
-        log.info("removing %s, left by an interrupted conversion", os.path.join(output_dir, name))
-        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _iter_results(config: _ExampleConfig, ids: Sequence[str],
-                  num_workers: int) -> Iterator[_ExampleResult]:
-    if num_workers <= 1 or len(ids) < 2:
-        for image_id in ids:
-            yield _safe_convert(config, image_id)
-        return
-    # fork: workers inherit the imported modules (no second TensorFlow import); they never
-    # run TF ops, only PIL, defusedxml and protobuf. Elsewhere, spawn.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    chunksize = max(1, min(16, len(ids) // (4 * num_workers)))
-    with context.Pool(num_workers, initializer=_init_worker, initargs=(config,)) as pool:
-        # imap keeps the input order: the output does not depend on worker timing.
-        yield from pool.imap(_worker_convert, ids, chunksize=chunksize)
-
-
 def convert_voc(
     dataset_dir: str,
     output_dir: str,
@@ -523,83 +332,13 @@ def convert_voc(
     start = time.monotonic()
     if samples_per_shard < 1:
         raise UsageError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    if not output_name or os.sep in output_name or output_name.startswith("."):
-        raise UsageError(f"output_name '{output_name}' must be a plain file name prefix")
-    if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+    shard_writer.check_output_name(output_name)
     dataset_dir = os.path.normpath(dataset_dir)
     ids = list_image_ids(dataset_dir, split)
     if shuffle:
         random.Random(seed).shuffle(ids)
-
-    old_shards = existing_shards(output_dir, output_name)
-    if old_shards and not overwrite:
-        raise UsageError(f"{old_shards[0]}: {len(old_shards)} shard(s) {output_name}_*.tfrecord "
-                         "already exist; pass --overwrite to replace them")
-    os.makedirs(output_dir, exist_ok=True)
-    _remove_stale_temp_dirs(output_dir, output_name)
-    temp_dir = os.path.join(output_dir, _temp_dir_prefix(output_name) + str(os.getpid()))
-    os.makedirs(temp_dir)
-
-    config = _ExampleConfig(dataset_dir, pascalvoc_common.names_to_labels(class_names),
-                            allow_empty)
-    summary = ConversionSummary(dataset_dir=dataset_dir, output_files=[])
-    objects_per_class = collections.Counter()
-    difficult_per_class = collections.Counter()
-    temp_files: list[str] = []
-    writer = None
-    finished = False
-    try:
-        for result in _iter_results(config, ids, num_workers):
-            if result.error is not None:
-                if not skip_errors:
-                    raise result.error
-                log.warning("skipping %s", result.error)
-                summary.skipped.append(str(result.error))
-                continue
-            for warning in result.warnings:
-                log.warning("%s", warning)
-            summary.num_warnings += len(result.warnings)
-            if writer is None:
-                temp_files.append(os.path.join(temp_dir, os.path.basename(
-                    shard_path(output_dir, output_name, len(temp_files)))))
-                writer = tf.io.TFRecordWriter(temp_files[-1])
-                in_shard = 0
-            writer.write(result.serialized)
-            in_shard += 1
-            if in_shard == samples_per_shard:
-                writer.close()
-                writer = None
-            summary.num_images += 1
-            summary.num_objects += len(result.class_names)
-            summary.num_reencoded += int(result.reencoded)
-            objects_per_class.update(result.class_names)
-            difficult_per_class.update(n for n, d in zip(result.class_names, result.difficult) if d)
-            if summary.num_images % 1000 == 0:
-                log.info("%d / %d images", summary.num_images, len(ids))
-        if writer is not None:
-            writer.close()
-            writer = None
-        if summary.num_images == 0:
-            raise DataError(dataset_dir, f"all {len(ids)} image(s) were skipped; nothing written")
-        # Everything succeeded: replace old shards, then move the new ones into place.
-        for path in old_shards:
-            os.remove(path)
-        for index, temp_file in enumerate(temp_files):
-            final = shard_path(output_dir, output_name, index)
-            os.replace(temp_file, final)
-            summary.output_files.append(final)
-        finished = True
-    finally:
-        if writer is not None:
-            writer.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if not finished:
-            log.debug("conversion did not finish: no shard written")
-    summary.objects_per_class = {n: objects_per_class[n] for n in class_names
-                                 if objects_per_class[n]}
-    summary.difficult_per_class = {n: difficult_per_class[n] for n in class_names
-                                   if difficult_per_class[n]}
-    summary.seconds = time.monotonic() - start
-    return summary
+    source = VocExamples(dataset_dir, pascalvoc_common.names_to_labels(class_names), allow_empty)
+    return shard_writer.write_shards(
+        source, ids, output_dir, output_name, dataset_dir=dataset_dir, class_names=class_names,
+        flag_name="difficult", samples_per_shard=samples_per_shard, num_workers=num_workers,
+        overwrite=overwrite, skip_errors=skip_errors, start_time=start)

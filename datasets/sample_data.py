@@ -13,19 +13,23 @@ in a few CPU minutes, without downloading PASCAL VOC. This module draws one:
   cut by the image border (``truncated=1``) and a few tiny ones marked ``difficult=1``;
 * VOC XML annotations (``Annotations/<id>.xml``, 1-based inclusive pixel boxes, ``truncated``
   and ``difficult`` flags), ``ImageSets/Main/{trainval,test}.txt`` and a label map
-  ``labels.txt`` (one class name per line, line ``i`` = label ``i``, background excluded).
+  ``labels.txt`` (one class name per line, line ``i`` = label ``i``, background excluded);
+* optionally (``coco=True``, ``--coco``) COCO detection JSON for the same images,
+  ``annotations/instances_{trainval,test}.json``, whose difficult objects are crowd regions,
+  plus a few images without objects (listed in the JSON only; see :func:`coco_json`).
 
 Determinism: image ``i`` of a split is drawn from its own generator seeded with
 ``(seed, split, i)`` and written with fixed JPEG settings, so the same arguments give
 byte-identical files, and a larger ``num_trainval`` only adds images after the existing ones.
 
-Run as a module: ``python -m datasets.sample_data --output_dir sample_data``.
+Run as a module: ``python -m datasets.sample_data --output_dir sample_data [--coco]``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -166,13 +170,14 @@ def _overlap_ok(box: Sequence[float], others: Sequence[Sequence[float]]) -> bool
     return True
 
 
-def draw_sample(rng: np.random.Generator, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
-                ) -> tuple[np.ndarray, list[SampleObject]]:
+def draw_sample(rng: np.random.Generator, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                with_objects: bool = True) -> tuple[np.ndarray, list[SampleObject]]:
     """Draw one image and its objects.
 
     Args:
       rng: the generator to draw from (all randomness comes from it).
       image_size: ``(height, width)`` in pixels.
+      with_objects: False draws the background, clutter and noise only (no shape, no object).
 
     Returns:
       ``(image uint8 [H, W, 3] RGB, objects)``; boxes are ``(ymin, xmin, ymax, xmax)`` pixels.
@@ -189,8 +194,8 @@ def draw_sample(rng: np.random.Generator, image_size: tuple[int, int] = DEFAULT_
 
     objects: list[SampleObject] = []
     boxes: list[tuple[float, float, float, float]] = []
-    num_objects = int(rng.integers(1, _MAX_OBJECTS + 1))
-    want_difficult = rng.uniform() < _P_DIFFICULT
+    num_objects = int(rng.integers(1, _MAX_OBJECTS + 1)) if with_objects else 0
+    want_difficult = with_objects and rng.uniform() < _P_DIFFICULT
     for k in range(num_objects + int(want_difficult)):
         difficult = int(want_difficult and k == num_objects)
         name = CLASSES[int(rng.integers(len(CLASSES)))]
@@ -278,20 +283,91 @@ def _write_if_changed(path: str, data: bytes) -> None:
     atomic.write_bytes(path, data)
 
 
-def _write_image(task: tuple[str, int, int, str, int, tuple[int, int]]) -> tuple[int, int, int]:
-    """Draw and write one image + annotation; returns (objects, difficult, truncated)."""
-    root, seed, split_index, image_id, index, image_size = task
-    image, objects = draw_sample(np.random.default_rng([seed, split_index, index]), image_size)
+def _write_image(task: tuple) -> tuple[int, int, int, tuple[SampleObject, ...]]:
+    """Draw and write one image (+ its VOC annotation when it has objects); returns
+    (objects, difficult, truncated, the objects)."""
+    root, seed, split_index, image_id, index, image_size = task[:6]
+    with_objects = task[6] if len(task) > 6 else True
+    image, objects = draw_sample(np.random.default_rng([seed, split_index, index]), image_size,
+                                 with_objects=with_objects)
     _write_if_changed(os.path.join(root, "JPEGImages", image_id + ".jpg"), encode_jpeg(image))
-    _write_if_changed(os.path.join(root, "Annotations", image_id + ".xml"),
-                      annotation_xml(image_id, image_size, objects).encode())
-    return (len(objects), sum(o.difficult for o in objects), sum(o.truncated for o in objects))
+    if with_objects:
+        _write_if_changed(os.path.join(root, "Annotations", image_id + ".xml"),
+                          annotation_xml(image_id, image_size, objects).encode())
+    return (len(objects), sum(o.difficult for o in objects), sum(o.truncated for o in objects),
+            tuple(objects))
+
+
+# ----------------------------------------------------------------------------- COCO JSON
+
+# COCO-style category ids of the classes: ascending in CLASSES order (so the converter's
+# labels 1..4 equal the VOC labels) but with gaps, as COCO's own ids have.
+COCO_CATEGORY_IDS: dict[str, int] = {"circle": 2, "square": 5, "triangle": 6, "star": 9}
+COCO_DIR = "annotations"
+# Ids of the COCO images and annotations: per split blocks, empty images after the others.
+_COCO_IMAGE_BLOCK, _COCO_EMPTY_OFFSET, _COCO_ANN_BLOCK = 1_000_000, 900_000, 10_000_000
+# The generator index of empty image i is _EMPTY_INDEX + i (never an index of a shape image).
+_EMPTY_INDEX = 10_000_000
+# Approximate segmentation area / box area per class (what COCO's 'area' measures).
+_FILL = {"circle": math.pi / 4, "square": 0.9, "triangle": 0.5, "star": 0.45}
+
+
+def coco_annotations_path(root: str, split: str) -> str:
+    """``<root>/annotations/instances_<split>.json``."""
+    return os.path.join(root, COCO_DIR, f"instances_{split}.json")
+
+
+def empty_image_ids(split: str, num_images: int) -> list[str]:
+    """Ids of a split's images without objects (COCO only), e.g. ``trainval_empty_000001``."""
+    return [f"{split}_empty_{i + 1:06d}" for i in range(num_images)]
+
+
+def coco_json(split_index: int, image_size: tuple[int, int],
+              images: Sequence[tuple[str, Sequence[SampleObject]]],
+              empty: Sequence[str]) -> bytes:
+    """The COCO detection JSON of one split: ``images`` (id string, objects) and the ids of
+    its images without objects.
+
+    Boxes are COCO's ``[x, y, width, height]`` (0-based continuous pixels, 2 decimals); the
+    sample's difficult objects (tiny, hard) become crowd regions (``iscrowd`` 1: ignored by
+    COCO's metric as difficult boxes are by VOC's); ``area`` approximates the shape's own
+    area (box area x the class's fill factor); ``segmentation`` is the box as a polygon.
+    Categories are listed out of id order on purpose (the converter sorts them).
+    """
+    height, width = image_size
+    base = split_index * _COCO_IMAGE_BLOCK
+    entries, annotations = [], []
+    next_ann = split_index * _COCO_ANN_BLOCK + 1
+    for k, (image_id, objects) in enumerate(images):
+        coco_id = base + k + 1
+        entries.append({"id": coco_id, "file_name": image_id + ".jpg", "width": width,
+                        "height": height})
+        for obj in objects:
+            ymin, xmin, ymax, xmax = obj.box
+            x, y = round(xmin, 2), round(ymin, 2)
+            w, h = round(xmax - xmin, 2), round(ymax - ymin, 2)
+            annotations.append({
+                "id": next_ann, "image_id": coco_id,
+                "category_id": COCO_CATEGORY_IDS[obj.name],
+                "bbox": [x, y, w, h], "area": round(w * h * _FILL[obj.name], 2),
+                "iscrowd": int(obj.difficult),
+                "segmentation": [[x, y, round(x + w, 2), y, round(x + w, 2), round(y + h, 2),
+                                  x, round(y + h, 2)]]})
+            next_ann += 1
+    for k, image_id in enumerate(empty):
+        entries.append({"id": base + _COCO_EMPTY_OFFSET + k + 1, "file_name": image_id + ".jpg",
+                        "width": width, "height": height})
+    categories = [{"id": COCO_CATEGORY_IDS[n], "name": n, "supercategory": "shape"}
+                  for n in ("star", "circle", "triangle", "square")]
+    data = {"info": {"description": "SSD-TF2 sample shapes", "version": "1.0"}, "licenses": [],
+            "images": entries, "annotations": annotations, "categories": categories}
+    return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 
 def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int = 0,
              image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-             num_workers: int | None = None) -> dict[str, int]:
-    """Write the sample dataset under ``root`` in the PASCAL VOC layout.
+             num_workers: int | None = None, coco: bool = False) -> dict[str, int]:
+    """Write the sample dataset under ``root`` in the PASCAL VOC layout (and COCO's).
 
     Args:
       root: output folder; ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/`` and
@@ -301,9 +377,16 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
       image_size: ``(height, width)`` of every image, in pixels.
       num_workers: processes drawing images in parallel (default: the usable cores; 1 = none).
         The files do not depend on it (each image has its own generator).
+      coco: also write COCO detection JSON for the same images,
+        ``annotations/instances_<split>.json`` (:func:`coco_json`; images in ``JPEGImages/``),
+        plus, per split, ``max(1, n // 10)`` images without objects
+        (``JPEGImages/<split>_empty_NNNNNN.jpg``, in the JSON only). The VOC files are the
+        same with or without it.
 
     Returns:
-      ``{'trainval': n, 'test': n, 'objects': total objects, 'difficult': n, 'truncated': n}``.
+      ``{'trainval': n, 'test': n, 'objects': total objects, 'difficult': n, 'truncated': n}``,
+      with ``coco``: also ``'crowd'`` (crowd annotations) and ``'empty'`` (images without
+      objects).
     """
     if num_trainval < 0 or num_test < 0:
         raise ValueError(f"image counts must be >= 0, got trainval={num_trainval}, test={num_test}")
@@ -314,11 +397,15 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     _write_if_changed(os.path.join(root, LABELS_FILENAME), ("\n".join(CLASSES) + "\n").encode())
     tasks = []
+    empty_tasks = []
     for split_index, (split, count) in enumerate(zip(SPLITS, (num_trainval, num_test))):
         ids = image_ids(split, count)
         tasks += [(root, seed, split_index, image_id, i, (height, width)) for i, image_id in enumerate(ids)]
         _write_if_changed(os.path.join(root, "ImageSets", "Main", split + ".txt"),
                           "".join(i + "\n" for i in ids).encode())
+        if coco and count:
+            empty_tasks += [(root, seed, split_index, image_id, _EMPTY_INDEX + i, (height, width), False)
+                            for i, image_id in enumerate(empty_image_ids(split, max(1, count // 10)))]
     if num_workers is None:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if num_workers > 1 and len(tasks) >= 32:
@@ -328,12 +415,22 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
         # fork: the workers need nothing but this module; no thread pools exist yet in the parent.
         context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
         with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-            counts = list(pool.map(_write_image, tasks, chunksize=16))
+            counts = list(pool.map(_write_image, tasks + empty_tasks, chunksize=16))
     else:
-        counts = [_write_image(task) for task in tasks]
+        counts = [_write_image(task) for task in tasks + empty_tasks]
+    counts, empty_counts = counts[:len(tasks)], counts[len(tasks):]
     stats = {"trainval": num_trainval, "test": num_test,
              "objects": sum(c[0] for c in counts), "difficult": sum(c[1] for c in counts),
              "truncated": sum(c[2] for c in counts)}
+    if coco:
+        os.makedirs(os.path.join(root, COCO_DIR), exist_ok=True)
+        for split_index, split in enumerate(SPLITS):
+            images = [(t[3], c[3]) for t, c in zip(tasks, counts) if t[2] == split_index]
+            empty = [t[3] for t in empty_tasks if t[2] == split_index]
+            _write_if_changed(coco_annotations_path(root, split),
+                              coco_json(split_index, (height, width), images, empty))
+        stats["crowd"] = stats["difficult"]
+        stats["empty"] = len(empty_counts)
     logger.info("sample data in %s: %s", root, stats)
     return stats
 
@@ -347,13 +444,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (same seed -> same files)")
     parser.add_argument("--image_height", type=int, default=DEFAULT_IMAGE_SIZE[0], help="image height in pixels")
     parser.add_argument("--image_width", type=int, default=DEFAULT_IMAGE_SIZE[1], help="image width in pixels")
+    parser.add_argument("--coco", action="store_true",
+                        help="also write COCO JSON (annotations/instances_<split>.json) for the same "
+                             "images, with crowd regions and some images without objects")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="parallel processes (default: the usable cores); the output does not depend on it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         stats = generate(args.output_dir, args.num_trainval, args.num_test, args.seed,
-                         (args.image_height, args.image_width), args.num_workers)
+                         (args.image_height, args.image_width), args.num_workers, coco=args.coco)
     except ValueError as e:
         print(f"sample_data: {e}", file=sys.stderr)
         return 2
@@ -362,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"wrote {stats['trainval']} trainval + {stats['test']} test images ({stats['objects']} objects, "
           f"{stats['truncated']} truncated, {stats['difficult']} difficult) to {args.output_dir}")
+    if args.coco:
+        print(f"and COCO JSON {coco_annotations_path(args.output_dir, '<split>')} ({stats['crowd']} crowd, "
+              f"{stats['empty']} images without objects)")
     return 0
 
 

@@ -20,8 +20,20 @@ image/object/bbox/difficult           int64[n]   0/1 from the XML
 image/object/bbox/truncated           int64[n]   0/1 from the XML
 ====================================  =========  ==============================================
 
+COCO records (``datasets.coco_to_tfrecords``) carry three more keys; VOC records do not have
+them (their writer leaves them out, so VOC shards are what they always were):
+
+====================================  =========  ==============================================
+image/coco_id                         int64      the COCO image id
+image/object/bbox/iscrowd             int64[n]   COCO's iscrowd (1: a crowd region)
+image/object/area                     float[n]   COCO's annotation 'area' (pixels; the
+                                                 segmentation's area, not the box's)
+====================================  =========  ==============================================
+
 TFRecords written by the original converter read too: it has no ``image/filename`` and its
-difficult/truncated are all 0 (or absent in hand-made files, which reads as 0).
+difficult/truncated are all 0 (or absent in hand-made files, which reads as 0). Records
+without the COCO keys read as ``coco_id`` -1, ``object/iscrowd`` zeros and ``object/area``
+the box areas in pixels of the decoded image.
 """
 from __future__ import annotations
 
@@ -46,6 +58,11 @@ KEY_LABEL = "image/object/bbox/label"
 KEY_LABEL_TEXT = "image/object/bbox/label_text"
 KEY_DIFFICULT = "image/object/bbox/difficult"
 KEY_TRUNCATED = "image/object/bbox/truncated"
+# COCO records only.
+KEY_COCO_ID = "image/coco_id"
+KEY_ISCROWD = "image/object/bbox/iscrowd"
+KEY_AREA = "image/object/area"
+COCO_KEYS: tuple[str, ...] = (KEY_COCO_ID, KEY_ISCROWD, KEY_AREA)
 
 # Every key the original project's decoder reads (reference §5): ours must carry all of them.
 ORIGINAL_KEYS: tuple[str, ...] = (
@@ -84,6 +101,9 @@ def make_example(
     difficult: Sequence[int],
     truncated: Sequence[int],
     filename: str = "",
+    coco_id: int | None = None,
+    iscrowd: Sequence[int] | None = None,
+    area: Sequence[float] | None = None,
 ) -> bytes:
     """Serializes one image and its objects into a ``tf.train.Example`` (deterministic bytes).
 
@@ -93,6 +113,7 @@ def make_example(
       bboxes: [n] boxes (ymin, xmin, ymax, xmax) normalized to [0, 1].
       labels, label_texts, difficult, truncated: [n] per object.
       filename: the image id, stored as ``image/filename``.
+      coco_id, iscrowd ([n]), area ([n]): the COCO keys; each is written only when given.
     Returns the serialized Example. Map keys are serialized in sorted order, so equal inputs
     give equal bytes (re-runs of the converter are byte-identical).
     """
@@ -100,6 +121,9 @@ def make_example(
     if not (len(bboxes) == len(label_texts) == len(difficult) == len(truncated) == n):
         raise ValueError(f"per-object lists differ in length: {len(bboxes)} boxes, {n} labels, "
                          f"{len(label_texts)} names, {len(difficult)} difficult, {len(truncated)} truncated")
+    for name, values in (("iscrowd", iscrowd), ("area", area)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"per-object lists differ in length: {n} labels, {len(values)} {name}")
     feature = {
         KEY_ENCODED: _bytes([encoded]),
         KEY_FORMAT: _bytes([image_format.encode("ascii")]),
@@ -117,6 +141,12 @@ def make_example(
         KEY_DIFFICULT: _int64(difficult),
         KEY_TRUNCATED: _int64(truncated),
     }
+    if coco_id is not None:
+        feature[KEY_COCO_ID] = _int64([int(coco_id)])
+    if iscrowd is not None:
+        feature[KEY_ISCROWD] = _int64(iscrowd)
+    if area is not None:
+        feature[KEY_AREA] = _float(area)
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
@@ -132,6 +162,9 @@ _FEATURES = {
     KEY_LABEL: tf.io.RaggedFeature(tf.int64),
     KEY_DIFFICULT: tf.io.RaggedFeature(tf.int64),
     KEY_TRUNCATED: tf.io.RaggedFeature(tf.int64),
+    KEY_COCO_ID: tf.io.FixedLenFeature((), tf.int64, default_value=-1),
+    KEY_ISCROWD: tf.io.RaggedFeature(tf.int64),
+    KEY_AREA: tf.io.RaggedFeature(tf.float32),
 }
 
 
@@ -142,6 +175,14 @@ def _per_object_or_zeros(values: tf.Tensor, num_objects: tf.Tensor) -> tf.Tensor
                    lambda: tf.zeros([num_objects], tf.int64))
 
 
+def _areas_or_box_areas(values: tf.Tensor, bboxes: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    # COCO's 'area' when the record has one per object; else the boxes' areas in pixels of
+    # the decoded image (VOC records: no +1, the normalized boxes times the image size).
+    hw = tf.cast(shape[:2], tf.float32)
+    box_areas = ((bboxes[:, 2] - bboxes[:, 0]) * hw[0]) * ((bboxes[:, 3] - bboxes[:, 1]) * hw[1])
+    return tf.cond(tf.size(values) == tf.shape(bboxes)[0], lambda: values, lambda: box_areas)
+
+
 def decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """Parses and decodes one serialized Example (ours or the original converter's).
 
@@ -149,7 +190,9 @@ def decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     all come out as 3-channel RGB; alpha is dropped), ``shape`` int64 [3] of the decoded
     image, ``object/bbox`` float32 [n, 4] (ymin, xmin, ymax, xmax) normalized,
     ``object/label`` int64 [n], ``object/difficult`` int64 [n], ``object/truncated`` int64 [n],
-    ``filename`` string (``image/filename``, '' in the original's records).
+    ``filename`` string (``image/filename``, '' in the original's records), and the COCO
+    keys: ``coco_id`` int64 scalar (-1 when absent), ``object/iscrowd`` int64 [n] (zeros when
+    absent), ``object/area`` float32 [n] (COCO's 'area'; when absent, the box areas in pixels).
     """
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
     image = tf.io.decode_image(parsed[KEY_ENCODED], channels=3, dtype=tf.uint8,
@@ -159,14 +202,18 @@ def decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     num_objects = tf.size(labels)
     bboxes = tf.stack([parsed[KEY_YMIN], parsed[KEY_XMIN], parsed[KEY_YMAX], parsed[KEY_XMAX]],
                       axis=1)
+    shape = tf.shape(image, out_type=tf.int64)
     return {
         "image": image,
-        "shape": tf.shape(image, out_type=tf.int64),
+        "shape": shape,
         "object/bbox": bboxes,
         "object/label": labels,
         "object/difficult": _per_object_or_zeros(parsed[KEY_DIFFICULT], num_objects),
         "object/truncated": _per_object_or_zeros(parsed[KEY_TRUNCATED], num_objects),
         "filename": parsed[KEY_FILENAME],
+        "coco_id": parsed[KEY_COCO_ID],
+        "object/iscrowd": _per_object_or_zeros(parsed[KEY_ISCROWD], num_objects),
+        "object/area": _areas_or_box_areas(parsed[KEY_AREA], bboxes, shape),
     }
 
 

@@ -89,7 +89,7 @@ def test_script_data_error_exit_1_one_line(small_voc, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--output_name=x"], "--dataset_dir must have a value"),
     (["--dataset_dir=/nonexistent/VOC2007"], "--dataset_dir=/nonexistent/VOC2007: no such folder"),
-    (["--dataset_dir={root}", "--dataset_name=coco"], "--dataset_name=coco is unknown"),
+    (["--dataset_dir={root}", "--dataset_name=imagenet"], "--dataset_name=imagenet is unknown"),
     (["--dataset_dir={root}", "--samples_per_shard=0"], "0 is not a positive integer"),
     (["--dataset_dir={root}", "extra"], "unexpected arguments: extra"),
 ])
