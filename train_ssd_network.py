@@ -40,7 +40,8 @@ FLAGS = flags.FLAGS
 # =========================================================================== #
 define_dataset_flags("train")
 define_model_flags("ssd_300_vgg",
-                   anchor_default_help="from --recipe (caffe_voc: voc; original: coco_ft)",
+                   anchor_default_help="from --recipe (caffe_voc: voc; caffe_coco, original: "
+                   "coco_ft)",
                    num_classes_default_help="the dataset's, 21 for VOC; a different value is "
                    "an error")
 define_device_flags("Compute in bfloat16 or float16 (variables stay float32). float16 uses "
@@ -87,7 +88,9 @@ flags.DEFINE_enum("recipe", "caffe_voc", list(recipes.RECIPES),
                   "Recipe that sets the defaults of the flags marked 'from --recipe': "
                   "'caffe_voc' (Caffe SSD's VOC recipe: SGD momentum 0.9, lr 1e-3 x0.1 at 80k "
                   "and 100k, 120k steps, batch 32, weight decay 5e-4, Caffe matching, mining "
-                  "and augmentation, 'voc' anchors) or 'original' (balancap/SSD-Tensorflow: "
+                  "and augmentation, 'voc' anchors), 'caffe_coco' (Caffe SSD's COCO recipe: the "
+                  "same with lr x0.1 at 280k and 360k, 400k steps, 'coco_ft' anchors) or "
+                  "'original' (balancap/SSD-Tensorflow: "
                   "RMSProp, lr 0.01 x0.94 every 2 epochs, original matching, batch-wide mining, "
                   "its augmentation, 'coco_ft' anchors).")
 flags.DEFINE_boolean("jit_compile", False, "Compile the forward/backward pass with XLA.")

@@ -16,6 +16,20 @@ so ``--recipe=caffe_voc --optimizer=adam`` is the Caffe recipe with Adam.
   has none; heads initialised at random next to a pretrained trunk can blow up in the first
   steps at lr 1e-3, which is why mmdetection and others warm up).
 
+``caffe_coco``: Caffe SSD's COCO recipe (weiliu89/caffe ``examples/ssd/ssd_coco.py``, the
+  SSD300 COCO models trained on trainval35k): everything of ``caffe_voc`` (optimizer, decay,
+  lr multipliers, matching, mining, normalization, augmentation, warm-up) with COCO's
+  schedule, ``multistep`` x0.1 at 280k and 360k iterations, stop at 400k (its
+  ``stepvalue: [280000, 360000, 400000]`` with ``max_iter: 400000``), base_lr 1e-3 at batch 32
+  (``0.00004 * 25 / loc_weight``, loc_weight 1), and COCO's anchors, the ``coco_ft`` preset:
+  SSD300 conv4_3 at 7%, then 15%..90% in steps of 18% (21, 45, 99, 153, 207, 261 / 45, 99,
+  153, 207, 261, 315); SSD512 conv4_3 at 4%, then 10%..90% in steps of 16% (20.48, 51.2,
+  133.12, 215.04, 296.96, 378.88, 460.8 / 51.2 ... 542.72), the SSD paper's COCO SSD512
+  setting (s_min 0.1, 0.04 on conv4_3). weiliu89/caffe publishes no SSD512 COCO training
+  script (issues #212, #288 ask for one), so SSD512 takes the SSD300 schedule. Crowd boxes are
+  neither positives nor negatives (``tf_extended.targets``; ``ssd_coco.py`` itself trains
+  with ``use_difficult_gt: false``).
+
 ``original``: balancap/SSD-Tensorflow's behaviour: its flag defaults (RMSProp, lr 0.01,
   exponential decay x0.94 every 2 epochs, batch 32, run until stopped), the weight decay of
   its README commands (5e-4), its matching (per-prediction only), batch-wide hard negative
@@ -64,6 +78,24 @@ RECIPES: dict[str, dict[str, Any]] = {
         "loss_normalization": "batch_size",
         "augmentation": "original",
         "anchor_preset": "coco_ft",
+    },
+    "caffe_coco": {
+        "optimizer": "momentum",               # ssd_coco.py solver: momentum 0.9
+        "learning_rate": 1e-3,                 # base_lr 0.00004 * 25 / loc_weight (1), batch 32
+        "learning_rate_decay_type": "piecewise",
+        "learning_rate_boundaries": (280000, 360000),  # lr_policy multistep, stepvalue
+        "learning_rate_values": (),            # learning_rate x gamma (0.1) ** i
+        "warmup_steps": 1000,
+        "weight_decay": 5e-4,                  # weight_decay 0.0005
+        "bias_lr_mult": 2.0,
+        "decay_l2norm_scale": True,
+        "batch_size": 32,
+        "max_number_of_steps": 400000,         # max_iter
+        "matching": "caffe",                   # PER_PREDICTION, overlap_threshold 0.5
+        "negative_mining": "per_image",        # MAX_NEGATIVE, neg_pos_ratio 3
+        "loss_normalization": "positives",     # normalization: VALID
+        "augmentation": "caffe",               # the same samplers, distortions and expand
+        "anchor_preset": "coco_ft",            # min_ratio 15 (SSD512: 10), 7% (4%) first layer
     },
 }
 

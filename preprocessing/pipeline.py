@@ -3,7 +3,8 @@
 The datasets these take are ``tf.data.Dataset``s of dicts as produced by
 ``datasets.dataset_factory.get_dataset(...).read()`` (DESIGN §8): ``image`` uint8 [H, W, 3],
 ``shape`` int64 [3], ``object/bbox`` float32 [n, 4] ``(ymin, xmin, ymax, xmax)`` normalized,
-``object/label`` int64 [n], ``object/difficult`` int64 [n], ``filename`` string. This module
+``object/label`` int64 [n], ``object/difficult`` int64 [n], ``filename`` string, and
+``object/iscrowd`` int64 [n] (COCO's crowd flags; zeros for VOC records). This module
 does not import ``datasets`` or ``nets``: anchors come in as an array ([A, 4], the order of
 ``net.anchors()``).
 
@@ -36,6 +37,7 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
                   encode_fn: Callable | None = None, encode_options: dict | None = None,
                   encode_per_example: bool = True,
                   ignore_difficult: bool = False,
+                  ignore_crowd: bool = True,
                   shuffle_buffer: int = 0,
                   num_parallel_calls: int = AUTOTUNE, drop_remainder: bool = True,
                   prefetch: int = AUTOTUNE) -> tf.data.Dataset:
@@ -59,6 +61,10 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
       ignore_difficult: pass the difficult flags of the kept boxes to the encoder with
         ``ignore_difficult=True`` (anchors matched to them get label -1). The preprocessing
         function must accept ``return_difficult`` (ours does).
+      ignore_crowd: when the examples have ``object/iscrowd``, carry the crowd flags through
+        the augmentation and give them to the encoder (``gt_crowd``): crowd boxes are neither
+        positives nor negatives (``tf_extended.targets``). The preprocessing function must
+        accept ``iscrowd`` and ``return_iscrowd`` (ours does).
       shuffle_buffer: if > 0, shuffle examples (seeded with ``seed``) before augmentation.
       num_parallel_calls: parallelism of the per-example map.
       drop_remainder: drop a last partial batch (static batch size).
@@ -78,24 +84,32 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
     if encode_fn is None:
         encode_fn = _default_encode_fn() if encode_per_example else _default_batch_encode_fn()
     base_seed = tf.constant(int(seed), tf.int64)
+    use_crowd = (ignore_crowd and isinstance(ds.element_spec, dict)
+                 and "object/iscrowd" in ds.element_spec)
 
     if shuffle_buffer > 0:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
     def augment(index, example):
         kwargs = {"return_difficult": True} if ignore_difficult else {}
+        if use_crowd:
+            kwargs.update(iscrowd=example["object/iscrowd"], return_iscrowd=True)
         result = preprocess_fn(example["image"], example["object/label"], example["object/bbox"],
                                out_shape, difficult=example["object/difficult"],
                                seed=tf.stack([base_seed, index]), **kwargs)
         image, labels, bboxes = result[:3]
-        difficult = result[3] if ignore_difficult else None
-        return image, labels, bboxes, difficult, example["filename"]
+        extra = list(result[3:])
+        difficult = extra.pop(0) if ignore_difficult else None
+        crowd = extra.pop(0) if use_crowd else None
+        return image, labels, bboxes, difficult, crowd, example["filename"]
 
     def per_example(index, example):
-        image, labels, bboxes, difficult, filename = augment(index, example)
+        image, labels, bboxes, difficult, crowd, filename = augment(index, example)
         kwargs = dict(options)
         if difficult is not None:
             kwargs["gt_difficult"] = difficult
+        if crowd is not None:
+            kwargs["gt_crowd"] = crowd
         glabels, glocalisations, gscores = encode_fn(labels, bboxes, anchors, **kwargs)
         return image, {"labels": glabels, "localisations": glocalisations, "scores": gscores,
                        "image_ids": filename}
@@ -106,17 +120,21 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
         def preprocess_only(index, example):
-            image, labels, bboxes, difficult, filename = augment(index, example)
+            image, labels, bboxes, difficult, crowd, filename = augment(index, example)
             item = {"image": image, "labels": labels, "bboxes": bboxes,
                     "num_gt": tf.shape(labels)[0], "filename": filename}
             if difficult is not None:
                 item["difficult"] = difficult
+            if crowd is not None:
+                item["iscrowd"] = crowd
             return item
 
         def encode_batch(batch):
             kwargs = dict(options)
             if "difficult" in batch:
                 kwargs["gt_difficult"] = batch["difficult"]
+            if "iscrowd" in batch:
+                kwargs["gt_crowd"] = batch["iscrowd"]
             glabels, glocalisations, gscores = encode_fn(
                 batch["labels"], batch["bboxes"], anchors, num_gt=batch["num_gt"], **kwargs)
             return batch["image"], {"labels": glabels, "localisations": glocalisations,
@@ -126,6 +144,11 @@ def train_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, anchors: np.ndar
         ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
         ds = ds.map(encode_batch, num_parallel_calls=num_parallel_calls, deterministic=True)
     return ds.prefetch(prefetch)
+
+
+# Keys of the decoded examples that eval_dataset passes on when the reader gives them
+# (datasets.tfrecords: COCO records' image id, crowd flags and areas) -> their info names.
+_COCO_INFO_KEYS = {"coco_id": "coco_id", "object/iscrowd": "iscrowd", "object/area": "area"}
 
 
 def eval_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, batch_size: int, *,
@@ -153,7 +176,9 @@ def eval_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, batch_size: int, 
       (rows past num_gt are padding: label 0, box 0), ``bbox_img`` float32 [N, 4] (the original
       image's extent in network-input units: map detections back with
       ``ssd_vgg_preprocessing.bboxes_to_original(det, bbox_img)``), ``shape`` int64 [N, 3]
-      (original height, width, channels) and ``filename`` string [N].
+      (original height, width, channels) and ``filename`` string [N]; from examples that
+      have them (``datasets.tfrecords``: ``coco_id``, ``object/iscrowd``, ``object/area``),
+      ``coco_id`` int64 [N], ``iscrowd`` int64 [N, G] and ``area`` float32 [N, G].
     """
     out_shape = tuple(int(v) for v in out_shape)
 
@@ -170,14 +195,20 @@ def eval_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, batch_size: int, 
                 "boxes, more than max_boxes =", max_boxes])
             with tf.control_dependencies([check]):
                 num_gt = tf.identity(num_gt)
-        return image, {"labels": labels, "bboxes": bboxes, "difficult": difficult,
-                       "num_gt": num_gt, "bbox_img": bbox_img, "shape": example["shape"],
-                       "filename": example["filename"]}
+        info = {"labels": labels, "bboxes": bboxes, "difficult": difficult,
+                "num_gt": num_gt, "bbox_img": bbox_img, "shape": example["shape"],
+                "filename": example["filename"]}
+        for key, name in _COCO_INFO_KEYS.items():  # COCO metrics: ids, crowd flags, areas
+            if key in example:
+                info[name] = example[key]
+        return image, info
 
     ds = ds.map(preprocess, num_parallel_calls=num_parallel_calls, deterministic=True)
     g = max_boxes
-    padded_shapes = ([None, None, 3],
-                     {"labels": [g], "bboxes": [g, 4], "difficult": [g], "num_gt": [],
-                      "bbox_img": [4], "shape": [3], "filename": []})
+    info_shapes = {"labels": [g], "bboxes": [g, 4], "difficult": [g], "num_gt": [],
+                   "bbox_img": [4], "shape": [3], "filename": []}
+    info_shapes.update({name: shape for name, shape in (("coco_id", []), ("iscrowd", [g]), ("area", [g]))
+                        if name in ds.element_spec[1]})
+    padded_shapes = ([None, None, 3], info_shapes)
     ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
     return ds.prefetch(prefetch)

@@ -80,9 +80,16 @@ def _prepare(labels, bboxes, difficult):
     return labels, bboxes, tf.convert_to_tensor(difficult)
 
 
-def _drop_difficult(labels, bboxes, difficult):
+def _drop_difficult(labels, bboxes, difficult, *others):
     keep = tf.equal(difficult, 0)
-    return tf.boolean_mask(labels, keep), tf.boolean_mask(bboxes, keep), tf.boolean_mask(difficult, keep)
+    return tuple(tf.boolean_mask(t, keep) for t in (labels, bboxes, difficult) + others)
+
+
+def _box_flags(values, labels):
+    """Per-box 0/1 flags as int64 [n] (zeros when None)."""
+    if values is None:
+        return tf.zeros_like(labels, dtype=tf.int64)
+    return tf.cast(tf.convert_to_tensor(values), tf.int64)
 
 
 def _check_out_shape(out_shape) -> tuple[int, int]:
@@ -110,6 +117,8 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
                          drop_difficult: bool = False,
                          means: Sequence[float] = RGB_MEANS,
                          return_difficult: bool = False,
+                         iscrowd: tf.Tensor | None = None,
+                         return_iscrowd: bool = False,
                          jit_compile: bool = True):
     """Training augmentation for one image.
 
@@ -136,12 +145,16 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
         Caffe SSD trains on them).
       means: RGB means subtracted at the end; the expand fill becomes exactly 0.
       return_difficult: also return the difficult flags of the kept boxes.
+      iscrowd: int [n] COCO crowd flags, or None (all 0); carried through the augmentation
+        like ``difficult`` (kept or dropped with their boxes).
+      return_iscrowd: also return the crowd flags of the kept boxes (after ``difficult``
+        when both are asked).
       jit_compile: run the per-pixel tail (distortions, mean, fill) XLA-compiled; False runs
         the same ops one by one (same results up to float rounding).
 
     Returns:
-      ``(image, labels, bboxes)`` (+ ``difficult`` if asked): float32 [h, w, 3] RGB minus the
-      means (values in [-mean, 255 - mean]), the kept labels [m] and their boxes [m, 4]
+      ``(image, labels, bboxes)`` (+ ``difficult``, + ``iscrowd`` if asked): float32 [h, w, 3]
+      RGB minus the means (values in [-mean, 255 - mean]), the kept labels [m] and their boxes [m, 4]
       ``(ymin, xmin, ymax, xmax)`` normalized to the output image.
     """
     if chain not in TRAIN_CHAINS:
@@ -155,8 +168,9 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
     with tf.name_scope("ssd_preprocessing_train"):
         image = tf.convert_to_tensor(image)
         labels, bboxes, difficult = _prepare(labels, bboxes, difficult)
+        iscrowd = _box_flags(iscrowd, labels)
         if drop_difficult:
-            labels, bboxes, difficult = _drop_difficult(labels, bboxes, difficult)
+            labels, bboxes, difficult, iscrowd = _drop_difficult(labels, bboxes, difficult, iscrowd)
         seeds = tf.random.experimental.stateless_split(_as_seed(seed), num=6)
         image_shape = tf.shape(image)
 
@@ -178,6 +192,7 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
         labels = tf.boolean_mask(labels, keep)
         bboxes = tf.boolean_mask(projected, keep)
         difficult = tf.boolean_mask(difficult, keep)
+        iscrowd = tf.boolean_mask(iscrowd, keep)
 
         coins = tf.random.stateless_uniform([2], seed=seeds[2])
         do_flip = tf.logical_and(tf.constant(flip), coins[0] < 0.5)
@@ -197,9 +212,12 @@ def preprocess_for_train(image: tf.Tensor, labels: tf.Tensor, bboxes: tf.Tensor,
         finish = _finisher(kind, channel_swap, tuple(float(m) for m in means), bool(jit_compile))
         out = finish(pixels, inside_y, inside_x, draws)
         out = tf.ensure_shape(out, [out_shape[0], out_shape[1], 3])
+        result = (out, labels, bboxes)
         if return_difficult:
-            return out, labels, bboxes, difficult
-        return out, labels, bboxes
+            result += (difficult,)
+        if return_iscrowd:
+            result += (iscrowd,)
+        return result
 
 
 def _crop_or_pad_window(size: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -1,16 +1,20 @@
-"""tf_extended.targets: crafted matching cases and a slow replica of Caffe's MatchBBox loop."""
+"""tf_extended.targets: crafted matching cases (IoU exactly 0.5, COCO crowd boxes) and a slow
+replica of Caffe's MatchBBox loop."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_extended import boxes, targets
+from tf_extended import boxes, losses, targets
 
 
-def _caffe_reference(iou, gt_labels, valid, threshold, matching="caffe"):
+def _caffe_reference(iou, gt_labels, valid, threshold, matching="caffe", crowd=None):
     """Slow, literal replica of Caffe's MatchBBox (bipartite + per-prediction) on an IoU matrix.
 
-    iou [G, A]; returns (labels [A], matched gt [A] or -1, scores [A]).
+    iou [G, A]; crowd [G] or None: crowd boxes take no anchor in the bipartite step, and an
+    anchor whose per-prediction match is a crowd box is ignored (label -1).
+    Returns (labels [A], matched gt [A] or -1, scores [A]).
     """
+    crowd = [False] * len(valid) if crowd is None else [bool(c) for c in crowd]
     num_gt, num_anchors = iou.shape
     match = [-1] * num_anchors
     score = [0.0] * num_anchors
@@ -19,7 +23,7 @@ def _caffe_reference(iou, gt_labels, valid, threshold, matching="caffe"):
             if valid[g]:
                 score[a] = max(score[a], float(iou[g, a]))
     if matching == "caffe":
-        pool = [g for g in range(num_gt) if valid[g]]
+        pool = [g for g in range(num_gt) if valid[g] and not crowd[g]]
         while pool:
             best_a, best_g, best_v = -1, -1, -1.0
             for a in range(num_anchors):  # anchors in order, then ground truths, strict '>'
@@ -33,17 +37,22 @@ def _caffe_reference(iou, gt_labels, valid, threshold, matching="caffe"):
                 break
             match[best_a], score[best_a] = best_g, best_v
             pool.remove(best_g)
+    forced = list(match)
     for a in range(num_anchors):
         if match[a] != -1:
             continue
         best_g, best_v = -1, -1.0
         for g in range(num_gt):
             v = float(iou[g, a])
-            # This project: '>' (Caffe: '>='), compared in float32 like the TF op.
-            if valid[g] and np.float32(v) > np.float32(threshold) and v > best_v:
+            if valid[g] and v > best_v:
                 best_g, best_v = g, v
-        match[a] = best_g
-    labels = [int(gt_labels[m]) if m >= 0 else 0 for m in match]
+        # Caffe's MatchBBox: overlap >= threshold (DESIGN.md §7); the original: '>'. Compared
+        # in float32 like the TF op.
+        above = (np.float32(best_v) >= np.float32(threshold) if matching == "caffe"
+                 else np.float32(best_v) > np.float32(threshold))
+        match[a] = best_g if above else -1
+    labels = [(-1 if crowd[m] and forced[a] == -1 else int(gt_labels[m])) if m >= 0 else 0
+              for a, m in enumerate(match)]
     return np.array(labels), np.array(match), np.array(score, np.float32)
 
 
@@ -59,7 +68,8 @@ def _check_against_reference(gt_labels, gt_bboxes, anchors, valid, matching, thr
     labels, locs, scores = targets.encode_targets(gt_labels, gt_bboxes, anchors, matching=matching,
                                                   match_threshold=threshold, **kw)
     iou = boxes.iou(tf.constant(gt_bboxes), tf.constant(anchors)).numpy()
-    want_labels, want_match, want_scores = _caffe_reference(iou, gt_labels, valid, threshold, matching)
+    want_labels, want_match, want_scores = _caffe_reference(iou, gt_labels, valid, threshold, matching,
+                                                            crowd=kw.get("gt_crowd"))
     np.testing.assert_array_equal(labels.numpy(), want_labels)
     np.testing.assert_array_equal(scores.numpy(), want_scores)
     pos = want_match >= 0
@@ -208,3 +218,116 @@ def test_xla_grid_ties_match_caffe_loop():
         want_labels, _, want_scores = _caffe_reference(iou, lab[i], [True] * 9, 0.5)
         np.testing.assert_array_equal(labels[i].numpy(), want_labels)
         np.testing.assert_array_equal(scores[i].numpy(), want_scores)
+
+
+# ---------------------------------------------------------------------------------------
+# IoU exactly at the threshold (DESIGN.md §7: Caffe's MatchBBox compares with >=)
+# ---------------------------------------------------------------------------------------
+
+# Two boxes of area 0.75 overlapping by 2/3 of their area: inter 0.5, union 1, IoU 0.5, and
+# every coordinate, area and the quotient are exact in float32 (multiples of 1/128).
+_GT_HALF = np.array([[0.0, 0.25, 1.0, 1.0]], np.float32)
+_ANCHORS_HALF = np.array([
+    [0.0, 0.25, 1.0, 1.0],          # the ground truth itself: IoU 1 (the bipartite match)
+    [0.0, 0.0, 1.0, 0.75],          # shifted by a third of its width: IoU exactly 0.5
+    [0.0, 0.0, 1.0, 0.7421875],     # a hair narrower: 0.4921875 / 1.0, below 0.5
+    [0.0, 0.25, 0.5, 1.0],          # the top half of the ground truth: 0.375 / 0.75 = 0.5
+], np.float32)
+
+
+def test_iou_exactly_half_is_exact_in_float32():
+    iou = boxes.iou(tf.constant(_GT_HALF), tf.constant(_ANCHORS_HALF)).numpy()[0]
+    assert iou.dtype == np.float32
+    assert iou.tolist() == [1.0, 0.5, 0.4921875, 0.5]
+
+
+def test_iou_exactly_at_threshold_is_positive_for_caffe_matching():
+    labels, _, scores = targets.encode_targets(np.array([7]), _GT_HALF, _ANCHORS_HALF,
+                                               matching="caffe")
+    assert labels.numpy().tolist() == [7, 7, 0, 7]  # >= 0.5: positive
+    assert scores.numpy().tolist() == [1.0, 0.5, 0.4921875, 0.5]
+    _check_against_reference(np.array([7]), _GT_HALF, _ANCHORS_HALF, [True], "caffe")
+    # The original's encoder and loss compared with '>': exactly 0.5 is not a positive.
+    labels, _, _ = targets.encode_targets(np.array([7]), _GT_HALF, _ANCHORS_HALF,
+                                          matching="original")
+    assert labels.numpy().tolist() == [7, 0, 0, 0]
+
+
+def test_loss_negative_candidates_are_below_the_threshold():
+    # Anchor 1 at IoU exactly 0.5 labelled 0 ('original' matching) must not be a negative
+    # candidate (gt_scores < 0.5), anchor 2 just below must: with one positive and ratio 1,
+    # the mined negative is anchor 2 even though anchor 1 has the larger background loss.
+    labels, locs, scores = targets.encode_targets(np.array([1]), _GT_HALF, _ANCHORS_HALF[:3],
+                                                  matching="original")
+    assert labels.numpy().tolist() == [1, 0, 0]
+    logits = np.zeros([1, 3, 2], np.float32)
+    logits[0, 1] = [0.0, 5.0]   # background loss of anchor 1: large
+    logits[0, 2] = [0.0, 1.0]   # anchor 2: smaller
+    out = losses.ssd_losses(logits, np.zeros([1, 3, 4], np.float32), labels[tf.newaxis],
+                            locs[tf.newaxis], scores[tf.newaxis], negative_ratio=1.0)
+    want = np.log1p(np.exp(1.0))  # -log softmax([0, 1])[0]
+    np.testing.assert_allclose(out["cross_entropy_neg"].numpy(), want, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# COCO crowd boxes: neither positives nor negatives
+# ---------------------------------------------------------------------------------------
+
+def test_crowd_box_alone_gives_ignored_anchors_and_no_positive():
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.375], [0.5, 0.5, 1.0, 1.0],
+                        [0.0, 0.0, 0.5, 0.125]], np.float32)
+    crowd_box = np.array([[0.0, 0.0, 0.5, 0.5]], np.float32)
+    # IoU with the crowd box: 1, 0.75, 0, 0.25. Without the crowd flag, all >= 0.5 positive.
+    labels, _, scores = targets.encode_targets(np.array([3]), crowd_box, anchors)
+    assert labels.numpy().tolist() == [3, 3, 0, 0]
+    labels, _, scores = targets.encode_targets(np.array([3]), crowd_box, anchors,
+                                               gt_crowd=np.array([1]))
+    assert labels.numpy().tolist() == [-1, -1, 0, 0]  # no forced positive for a crowd box
+    assert scores.numpy().tolist() == [1.0, 0.75, 0.0, 0.25]  # 2 and 3: negative candidates
+
+
+def test_crowd_box_next_to_a_person():
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 0.875],
+                        [0.5, 0.0, 1.0, 0.5]], np.float32)
+    gt = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.5, 0.5, 1.0]], np.float32)
+    lab = np.array([1, 1])
+    # gt 1 is a crowd region; gt 0 a person: anchor 0 is the person's, anchors 1 and 2 fall
+    # in the crowd (IoU 1 and 0.75) and are ignored, anchor 3 is background.
+    labels, _, _ = targets.encode_targets(lab, gt, anchors, gt_crowd=np.array([0, 1]))
+    assert labels.numpy().tolist() == [1, -1, -1, 0]
+    _check_against_reference(lab, gt, anchors, [True, True], "caffe", gt_crowd=np.array([0, 1]))
+
+
+def test_a_crowd_box_does_not_take_the_bipartite_anchor_of_a_person():
+    # One anchor; the crowd box overlaps it more than the person does. Without the flag the
+    # crowd box would win the bipartite step; with it the person keeps its only anchor.
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5]], np.float32)
+    gt = np.array([[0.0, 0.0, 0.25, 0.5], [0.0, 0.0, 0.5, 0.5]], np.float32)
+    labels, _, _ = targets.encode_targets(np.array([2, 5]), gt, anchors)
+    assert labels.numpy().tolist() == [5]
+    labels, _, _ = targets.encode_targets(np.array([2, 5]), gt, anchors, gt_crowd=np.array([0, 1]))
+    assert labels.numpy().tolist() == [2]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_grid_cases_with_crowd_against_reference(seed):
+    rng = np.random.default_rng(300 + seed)
+    anchors = _grid_boxes(rng, 120)
+    num_gt = int(rng.integers(2, 10))
+    gt = _grid_boxes(rng, num_gt)
+    lab = rng.integers(1, 21, num_gt)
+    crowd = (rng.random(num_gt) < 0.4).astype(np.int64)
+    difficult = (rng.random(num_gt) < 0.2).astype(np.int64)
+    for matching in ("caffe", "original"):
+        _check_against_reference(lab, gt, anchors, [True] * num_gt, matching, gt_crowd=crowd)
+    # Crowd and difficult together, in a padded batch with XLA: the same as one by one.
+    fn = tf.function(lambda l, b, c, d: targets.batch_encode_targets(
+        l, b, anchors, gt_crowd=c, gt_difficult=d, ignore_difficult=True), jit_compile=True)
+    b_labels, _, _ = fn(lab[None], gt[None], crowd[None], difficult[None])
+    one, _, _ = targets.encode_targets(lab, gt, anchors, gt_crowd=crowd, gt_difficult=difficult,
+                                       ignore_difficult=True)
+    np.testing.assert_array_equal(b_labels[0].numpy(), one.numpy())
+    iou = boxes.iou(tf.constant(gt), tf.constant(anchors)).numpy()
+    want, match, _ = _caffe_reference(iou, lab, [True] * num_gt, 0.5, crowd=crowd)
+    want = np.where((match >= 0) & (difficult[np.maximum(match, 0)] == 1), -1, want)
+    np.testing.assert_array_equal(one.numpy(), want)

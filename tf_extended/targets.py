@@ -13,13 +13,24 @@ Two matching recipes are available:
      order, with a strict ``>``). So a ground truth whose best IoU is 0.3 still gets a
      positive anchor, and two ground truths competing for one anchor are resolved by IoU.
   2. *Per-prediction step.* Every anchor not matched in step 1 whose best IoU is
-     ``> match_threshold`` takes its best ground truth (ties: lower ground-truth index).
-     Caffe writes ``>=`` here; this project's contract (docs/DESIGN.md §7) says ``>``. The two
-     differ only for an IoU exactly equal to the threshold.
+     ``>= match_threshold`` takes its best ground truth (ties: lower ground-truth index), as
+     Caffe's MatchBBox compares (``overlap >= overlap_threshold``; DESIGN.md §7). Anchors below
+     the threshold are the negative candidates (the loss's ``gt_scores < match_threshold``),
+     so an IoU of exactly 0.5 is a positive, never a negative.
 
 * ``matching='original'``, balancap/SSD-Tensorflow's encoder: each anchor takes its max-IoU
-  ground truth (ties: the earlier one) and is positive when that IoU is ``> match_threshold``.
-  There is no bipartite step, so a ground truth whose best IoU is <= 0.5 gets no positive.
+  ground truth (ties: the earlier one) and is positive when that IoU is ``> match_threshold``
+  (the original's ``gscores > match_threshold``). There is no bipartite step, so a ground
+  truth whose best IoU is <= 0.5 gets no positive.
+
+Ignored anchors (label -1, neither positive nor negative for the loss):
+
+* ``ignore_difficult``: anchors matched to a difficult box (VOC).
+* crowd boxes (``gt_crowd``, COCO's ``iscrowd``): a crowd box takes no anchor in the bipartite
+  step (it never forces a positive), and an anchor whose best ground truth is a crowd box at
+  IoU at or above the threshold is ignored. Anchors below the threshold stay negative
+  candidates. An anchor that a non-crowd ground truth took in the bipartite step stays that
+  ground truth's positive.
 
 Boxes are ``(ymin, xmin, ymax, xmax)``, normalized; localisation targets are Caffe's
 ``(x, y, w, h)`` offsets from :func:`tf_extended.boxes.encode`.
@@ -131,6 +142,7 @@ def batch_encode_targets(gt_labels: tf.Tensor,
                          match_threshold: float = 0.5,
                          ignore_difficult: bool = False,
                          prior_scaling: Sequence[float] = tfe_boxes.DEFAULT_PRIOR_SCALING,
+                         gt_crowd: tf.Tensor | None = None,
                          ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Encode padded ground truth of a batch against all anchors at once.
 
@@ -142,9 +154,13 @@ def batch_encode_targets(gt_labels: tf.Tensor,
       num_gt: optional [N] int, the number of real boxes per image (the rest is padding).
       gt_difficult: optional [N, G] bool/int, VOC's difficult flags.
       matching: 'caffe' (bipartite + per-prediction) or 'original' (per-prediction only).
-      match_threshold: an anchor is positive when its IoU is > this (Caffe: 0.5).
+      match_threshold: an anchor is positive when its IoU is >= this ('caffe', Caffe's 0.5;
+        'original': > this).
       ignore_difficult: anchors matched to a difficult box get label -1 (ignored by the loss).
       prior_scaling: Caffe's prior variances ``(x, y, w, h)``.
+      gt_crowd: optional [N, G] bool/int, COCO's iscrowd flags: crowd boxes are never matched
+        by the bipartite step, and anchors whose best ground truth is a crowd box at IoU >=
+        the threshold get label -1 (see the module doc).
 
     Returns:
       ``(labels int64 [N, A], localisations float32 [N, A, 4], scores float32 [N, A])``.
@@ -159,16 +175,21 @@ def batch_encode_targets(gt_labels: tf.Tensor,
     gt_bboxes = tf.cast(tf.convert_to_tensor(gt_bboxes), tf.float32)
     gt_labels = tf.cast(tf.convert_to_tensor(gt_labels), tf.int64)
     anchors = tf.cast(tf.convert_to_tensor(anchors), tf.float32)
-    if gt_difficult is None:
-        gt_difficult = tf.zeros_like(gt_labels, tf.bool)
-    else:
-        gt_difficult = tf.cast(tf.convert_to_tensor(gt_difficult), tf.bool)
+    def flags(values):
+        if values is None:
+            return tf.zeros_like(gt_labels, tf.bool)
+        return tf.cast(tf.convert_to_tensor(values), tf.bool)
+
+    gt_difficult = flags(gt_difficult)
+    has_crowd = gt_crowd is not None
+    gt_crowd = flags(gt_crowd)
     # Without any box slot, add one invalid (zero) box so that every gather below stays in range.
     if gt_bboxes.shape[1] is None or gt_bboxes.shape[1] == 0:
         extra = tf.maximum(1 - tf.shape(gt_bboxes)[1], 0)
         gt_bboxes = tf.pad(gt_bboxes, [[0, 0], [0, extra], [0, 0]])
         gt_labels = tf.pad(gt_labels, [[0, 0], [0, extra]])
         gt_difficult = tf.pad(gt_difficult, [[0, 0], [0, extra]])
+        gt_crowd = tf.pad(gt_crowd, [[0, 0], [0, extra]])
     num_slots = tf.shape(gt_bboxes)[1]
     g_range = tf.range(num_slots)
 
@@ -185,11 +206,15 @@ def batch_encode_targets(gt_labels: tf.Tensor,
     # Per anchor: best ground truth, ties to the lower index (*).
     best_gt = tf.argmax(iou, axis=1, output_type=tf.int32)  # [N, A]
     best_iou = tf.reduce_max(iou, axis=1)
-    assigned = tf.where(best_iou > match_threshold, best_gt, -1)  # [N, A]
+    # Caffe's MatchBBox: overlap >= threshold; the original: gscores > threshold.
+    above = best_iou >= match_threshold if matching == "caffe" else best_iou > match_threshold
+    assigned = tf.where(above, best_gt, -1)  # [N, A]
     scores = best_iou
 
     if matching == "caffe":
-        forced = _bipartite_match(iou)  # [N, G], anchor index or -1
+        # Crowd boxes take no anchor in the bipartite step (their rows count as no overlap).
+        bipartite_iou = tf.where(gt_crowd[:, :, tf.newaxis], 0.0, iou) if has_crowd else iou
+        forced = _bipartite_match(bipartite_iou)  # [N, G], anchor index or -1
         # Scatter the forced pairs over the per-prediction result. Unmatched ground truths write
         # into an extra dummy column A, dropped afterwards (forced anchors are distinct).
         num_a = tf.shape(anchors)[0]
@@ -205,9 +230,13 @@ def batch_encode_targets(gt_labels: tf.Tensor,
     matched = assigned >= 0
     safe = tf.maximum(assigned, 0)
     labels = tf.where(matched, tf.gather(gt_labels, safe, batch_dims=1), tf.zeros_like(gt_labels[:, :1]))
+    ignored = tf.zeros_like(matched)
     if ignore_difficult:
-        difficult = tf.gather(gt_difficult, safe, batch_dims=1) & matched
-        labels = tf.where(difficult, tf.constant(-1, tf.int64), labels)
+        ignored |= tf.gather(gt_difficult, safe, batch_dims=1)
+    if has_crowd:
+        ignored |= tf.gather(gt_crowd, safe, batch_dims=1)
+    if ignore_difficult or has_crowd:
+        labels = tf.where(ignored & matched, tf.constant(-1, tf.int64), labels)
     matched_boxes = tf.gather(gt_bboxes, safe, batch_dims=1)  # [N, A, 4]
     localisations = tfe_boxes.encode(matched_boxes, anchors, prior_scaling)
     localisations = tf.where(matched[:, :, tf.newaxis], localisations, 0.0)
@@ -223,6 +252,7 @@ def encode_targets(gt_labels: tf.Tensor,
                    match_threshold: float = 0.5,
                    ignore_difficult: bool = False,
                    prior_scaling: Sequence[float] = tfe_boxes.DEFAULT_PRIOR_SCALING,
+                   gt_crowd: tf.Tensor | None = None,
                    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Encode one image's ground truth against all anchors (usable inside ``tf.data.map``).
 
@@ -231,8 +261,8 @@ def encode_targets(gt_labels: tf.Tensor,
       gt_bboxes: [G, 4] ``(ymin, xmin, ymax, xmax)`` normalized; G may be 0 or unknown.
       anchors: [A, 4] ``(ymin, xmin, ymax, xmax)`` normalized.
       num_gt: optional scalar, the number of real boxes when the rest is padding.
-      gt_difficult, matching, match_threshold, ignore_difficult, prior_scaling: see
-        :func:`batch_encode_targets`.
+      gt_difficult, matching, match_threshold, ignore_difficult, prior_scaling, gt_crowd: see
+        :func:`batch_encode_targets` (gt_difficult, gt_crowd: [G]).
 
     Returns:
       ``(labels int64 [A], localisations float32 [A, 4], scores float32 [A])``, see
@@ -245,5 +275,6 @@ def encode_targets(gt_labels: tf.Tensor,
         num_gt=None if num_gt is None else tf.reshape(num_gt, [1]),
         gt_difficult=None if gt_difficult is None else tf.convert_to_tensor(gt_difficult)[tf.newaxis],
         matching=matching, match_threshold=match_threshold,
-        ignore_difficult=ignore_difficult, prior_scaling=prior_scaling)
+        ignore_difficult=ignore_difficult, prior_scaling=prior_scaling,
+        gt_crowd=None if gt_crowd is None else tf.convert_to_tensor(gt_crowd)[tf.newaxis])
     return labels[0], localisations[0], scores[0]
