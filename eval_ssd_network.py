@@ -1,12 +1,18 @@
-r"""Evaluate SSD checkpoints on a TFRecord dataset: Pascal VOC07 / VOC12 mAP.
+r"""Evaluate SSD checkpoints on a TFRecord dataset: Pascal VOC07 / VOC12 mAP, COCO metrics.
 
     python eval_ssd_network.py --eval_dir=logs/eval --dataset_dir=tfrecords \
         --dataset_name=pascalvoc_2007 --dataset_split_name=test --model_name=ssd_300_vgg \
         --checkpoint_path=checkpoints/ssd_300_vgg.ckpt --anchor_preset=coco_ft --batch_size=8
 
-Prints a per-class AP table (VOC07 11-point and VOC12 area under the curve) and the mAPs,
-writes <eval_dir>/metrics.json (the last result), appends one JSON line per evaluated
-checkpoint to <eval_dir>/metrics.jsonl, and writes TensorBoard summaries in eval_dir.
+    python eval_ssd_network.py --dataset_name=coco_2017 --dataset_split_name=val \
+        --dataset_dir=tfrecords --checkpoint_path=CKPT --metric=coco \
+        --coco_annotations_file=annotations/instances_val2017.json
+
+Prints a per-class AP table (VOC07 11-point and VOC12 area under the curve, as the VOC
+devkit computes them) and the mAPs, or with --metric=coco COCO's 12 numbers and per-class AP
+(through the COCO API), writes <eval_dir>/metrics.json (the last result), appends one JSON
+line per evaluated checkpoint to <eval_dir>/metrics.jsonl, and writes TensorBoard summaries
+in eval_dir.
 With --wait_for_checkpoints it watches the --checkpoint_path directory and evaluates
 every new checkpoint once, oldest first, as training writes them.
 
@@ -30,6 +36,7 @@ from engine import devices, eval_outputs, evaluation
 from fileio.checkpoint_files import resolve_checkpoint
 from nets import nets_factory
 from preprocessing import preprocessing_factory
+from tf_extended import metrics
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +49,8 @@ define_device_flags("Run the network in bfloat16 or float16 (weights stay float3
 
 # -- Matching and images --------------------------------------------------------------------
 flags.DEFINE_float("matching_threshold", 0.5,
-                   "A detection matches a ground-truth box when their IoU is above this.")
+                   "A detection matches a ground-truth box when their IoU is at least this "
+                   "(VOCevaldet.m: ovmax >= 0.5).")
 flags.DEFINE_integer("eval_resize", 4,
                      "Image resizing: 1 NONE (images must already have the network size), "
                      "2 CENTRAL_CROP, 3 PAD_AND_RESIZE, 4 WARP_RESIZE (default).")
@@ -52,6 +60,26 @@ flags.DEFINE_integer("eval_image_size", None,
 flags.DEFINE_boolean("remove_difficult", True,
                      "VOC semantics: difficult boxes are neither to be found nor false "
                      "positives when detected. --noremove_difficult counts them as ordinary boxes.")
+
+# -- Metrics ------------------------------------------------------------------------------
+flags.DEFINE_enum("metric", None, list(evaluation.METRICS),
+                  "voc: VOC07/VOC12 AP; coco: COCO's 12 numbers and per-class AP through the "
+                  "COCO API, added to metrics.json as a 'coco' block (the VOC numbers are "
+                  "computed too). Default: the dataset's (coco for the COCO datasets, voc "
+                  "otherwise; coco with --coco_annotations_file).")
+flags.DEFINE_enum("voc_metric", None, list(metrics.BOX_MODES),
+                  "devkit: the VOC devkit's VOCevaldet.m (each image's 1-based pixels, the XML's "
+                  "integer boxes, IoU with +1), what the devkit computes from the comp4 files of "
+                  "--detections_dir; normalized: normalized boxes, IoU without +1 (the former "
+                  "metric). Default: devkit for VOC-format datasets, normalized for COCO ones.")
+flags.DEFINE_string("coco_annotations_file", None,
+                    "With the COCO metric: evaluate against this original annotation file "
+                    "(e.g. instances_val2017.json: its exact crowd regions and areas) instead "
+                    "of the ground truth rebuilt from the TFRecords; needs records with "
+                    "image/coco_id (tf_convert_data.py --dataset_name=coco).")
+flags.DEFINE_enum("coco_backend", "faster_coco_eval", list(metrics.COCO_BACKENDS),
+                  "The COCOeval implementation: faster_coco_eval (its C++ port, the same numbers, "
+                  "~5x faster) or pycocotools (the reference).")
 
 # -- Run ----------------------------------------------------------------------------------
 flags.DEFINE_integer("batch_size", 1, "Images per network call (any value; the last batch "
@@ -81,7 +109,9 @@ flags.DEFINE_float("eval_timeout", None,
                    "checkpoint (default: never).")
 flags.DEFINE_string("detections_dir", None,
                     "Also write the detections: VOC devkit files comp4_det_<split>_<class>.txt "
-                    "(1-based pixels of the original image) and detections_<split>_coco.json.")
+                    "(1-based pixels of the original image, full precision) and "
+                    "detections_<split>_coco.json (COCO results; with the COCO metric on rebuilt "
+                    "ground truth also groundtruth_<split>_coco.json).")
 
 
 def _check_flags() -> None:
@@ -112,6 +142,8 @@ def _check_flags() -> None:
             os.path.exists(FLAGS.checkpoint_path):
         raise app.UsageError(f"--checkpoint_path={FLAGS.checkpoint_path}: --wait_for_checkpoints "
                              "needs a directory to watch")
+    if FLAGS.coco_annotations_file and FLAGS.metric == "voc":
+        raise app.UsageError("--coco_annotations_file is for --metric=coco")
     if FLAGS.master:
         logging.warning("--master=%s is ignored (no TF1 sessions).", FLAGS.master)
 
@@ -152,7 +184,12 @@ def main(argv: list[str]) -> int:
         dtype_policy=devices.dtype_policy(FLAGS.mixed_precision))
 
     def report(record: dict) -> None:
-        print(eval_outputs.format_ap_table(record), flush=True)
+        if "coco" in record:
+            print(eval_outputs.format_coco_table(record), flush=True)
+            print(f"VOC mAP@0.5 ({evaluator.voc_metric}): VOC07 {record['mAP_VOC07']}, "
+                  f"VOC12 {record['mAP_VOC12']}", flush=True)
+        else:
+            print(eval_outputs.format_ap_table(record), flush=True)
 
     try:
         if FLAGS.wait_for_checkpoints:

@@ -1,16 +1,20 @@
 """What evaluation writes and prints: the metrics record, metrics.json(l), the AP table,
 TensorBoard summaries with precision-recall curves, VOC devkit and COCO detection files.
 
-- :func:`make_record`: the DESIGN.md §6 JSON record (exactly :data:`RECORD_KEYS`).
+- :func:`make_record`: the DESIGN.md §6 JSON record (exactly :data:`RECORD_KEYS`, plus a
+  ``coco`` block (:func:`coco_record`) when the COCO metric was computed).
 - :func:`write_metrics`: ``metrics.json`` (atomically) + one ``metrics.jsonl`` line;
   :func:`read_metrics_history`, :func:`read_evaluated_checkpoints` read them back.
-- :func:`format_ap_table`: the per-class AP table the script prints.
+- :func:`format_ap_table`, :func:`format_coco_table`: the tables the script prints.
 - :class:`PRCurve`, :func:`evaluator_pr_curves`, :func:`pr_curve_data`,
   :func:`write_summaries`: TensorBoard scalars (the original's tags) and PR curves.
 - :class:`DetectionSet` (every detection of one evaluation, boxes ``(ymin, xmin, ymax, xmax)``
   normalized to the original image), :func:`write_voc_detections` /
-  :func:`read_voc_detections` (devkit ``comp4`` files, 1-based pixels) and
-  :func:`write_coco_detections` (COCO results JSON, 0-based pixels).
+  :func:`read_voc_detections` (devkit ``comp4`` files, 1-based pixels, full precision),
+  :func:`write_coco_detections` (COCO results JSON, 0-based pixels) and
+  :func:`write_coco_ground_truth` (the rebuilt ground truth as a COCO annotation file). The
+  boxes are those the metrics score (``tf_extended.metrics``: ``devkit_det_boxes``,
+  ``coco_xywh``, ``coco_detection_rows``), written exactly.
 
 Every file is written through :mod:`fileio.atomic` (a reader never sees half of one), except
 ``metrics.jsonl``, which is appended one line at a time (a torn last line is skipped on read).
@@ -29,6 +33,7 @@ import tensorflow as tf
 from tensorboard.plugins.pr_curve import metadata as pr_metadata
 
 from fileio import atomic
+from tf_extended import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class DetectionSet:
       scores: float32 [N, K].
       classes: int32 [N, K] (1..num_classes-1).
       num_detections: int32 [N]; rows past it are padding.
+      coco_ids: int64 [N] COCO image ids (-1: none), or None.
     """
 
     image_ids: list[str]
@@ -61,6 +67,13 @@ class DetectionSet:
     scores: np.ndarray
     classes: np.ndarray
     num_detections: np.ndarray
+    coco_ids: np.ndarray | None = None
+
+    def raw_ids(self) -> list:
+        """Per image: its COCO id when it has one, else its name (for ``coco_image_ids``)."""
+        if self.coco_ids is None:
+            return list(self.image_ids)
+        return [int(c) if int(c) >= 0 else name for c, name in zip(self.coco_ids, self.image_ids)]
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -87,13 +100,14 @@ def _named(aps: Mapping[Any, Any], labels_to_names: Mapping[int, str]) -> dict[s
 
 
 def make_record(checkpoint: str, global_step: int | None, result: Mapping[str, Any],
-                labels_to_names: Mapping[int, str], num_images: int | None = None) -> dict:
-    """The DESIGN.md §6 record: exactly ``RECORD_KEYS``.
+                labels_to_names: Mapping[int, str], num_images: int | None = None,
+                coco: Mapping[str, Any] | None = None) -> dict:
+    """The DESIGN.md §6 record: exactly ``RECORD_KEYS``, plus ``coco`` when given.
 
     ``result`` is ``VOCEvaluator.result()``; classes are named by ``labels_to_names``; a class
-    without ground truth has AP ``null``.
+    without ground truth has AP ``null``. ``coco``: :func:`coco_record`.
     """
-    return {
+    record = {
         "checkpoint": checkpoint,
         "global_step": int(global_step) if global_step is not None else 0,
         "num_images": int(num_images if num_images is not None else result["num_images"]),
@@ -102,6 +116,22 @@ def make_record(checkpoint: str, global_step: int | None, result: Mapping[str, A
         "AP_VOC07": _named(result["AP_VOC07"], labels_to_names),
         "AP_VOC12": _named(result["AP_VOC12"], labels_to_names),
     }
+    if coco is not None:
+        record["coco"] = dict(coco)
+    return record
+
+
+def coco_record(result: Mapping[str, Any], annotations_file: str | None = None) -> dict:
+    """The ``coco`` block of a record from ``COCOEvaluator.result()``: the 12 numbers of
+    ``COCOeval.stats`` (``-1`` where the ground truth has no box of that size),
+    ``AP_per_class`` (``null``: no ground truth), ``num_detections``, the ``backend`` and the
+    ground truth (``annotations_file``, or null: rebuilt from the TFRecords)."""
+    block: dict[str, Any] = {name: _json_float(result[name]) for name in metrics.COCO_STAT_NAMES}
+    block["AP_per_class"] = {str(k): _json_float(v) for k, v in result["AP_per_class"].items()}
+    block["num_detections"] = int(result["num_detections"])
+    block["backend"] = str(result["backend"])
+    block["annotations_file"] = os.path.abspath(annotations_file) if annotations_file else None
+    return block
 
 
 def write_metrics(eval_dir: str, record: Mapping[str, Any]) -> None:
@@ -153,6 +183,40 @@ def format_ap_table(record: Mapping[str, Any]) -> str:
                      f"{cell(record['AP_VOC12'].get(name))}")
     lines.append("-" * (width + 20))
     lines.append(f"{'mAP':<{width}}  {cell(record['mAP_VOC07'])}  {cell(record['mAP_VOC12'])}")
+    return "\n".join(lines)
+
+
+# COCOeval.summarize()'s lines: (stat, "Average Precision/Recall", IoU, area, maxDets).
+_COCO_LINES = (("AP", "Precision", "0.50:0.95", "all", 100), ("AP50", "Precision", "0.50", "all", 100),
+               ("AP75", "Precision", "0.75", "all", 100), ("AP_small", "Precision", "0.50:0.95", "small", 100),
+               ("AP_medium", "Precision", "0.50:0.95", "medium", 100),
+               ("AP_large", "Precision", "0.50:0.95", "large", 100),
+               ("AR_1", "Recall", "0.50:0.95", "all", 1), ("AR_10", "Recall", "0.50:0.95", "all", 10),
+               ("AR_100", "Recall", "0.50:0.95", "all", 100), ("AR_small", "Recall", "0.50:0.95", "small", 100),
+               ("AR_medium", "Recall", "0.50:0.95", "medium", 100),
+               ("AR_large", "Recall", "0.50:0.95", "large", 100))
+
+
+def format_coco_table(record: Mapping[str, Any]) -> str:
+    """COCO's 12 numbers (as ``COCOeval.summarize()`` prints them) and the per-class AP, as text."""
+    coco = record["coco"]
+
+    def cell(value: float | None) -> str:
+        return f"{value:6.3f}" if value is not None else "   nan"
+
+    lines = [f"checkpoint {record['checkpoint']}  (step {record['global_step']}, "
+             f"{record['num_images']} images, {coco['num_detections']} detections; COCO metric, "
+             f"ground truth {coco['annotations_file'] or 'from the TFRecords'})"]
+    for stat, kind, iou, area, max_dets in _COCO_LINES:
+        short = "(AP)" if kind == "Precision" else "(AR)"
+        lines.append(f" Average {kind:<9} {short} @[ IoU={iou:<9} | area={area:>6} | "
+                     f"maxDets={max_dets:>3} ] = {cell(coco[stat])}   {stat}")
+    names = list(coco["AP_per_class"])
+    width = max([len("class")] + [len(n) for n in names])
+    lines += ["", f"{'class':<{width}}  AP@[.5:.95]", "-" * (width + 13)]
+    lines += [f"{name:<{width}}  {cell(coco['AP_per_class'][name])}" for name in names]
+    lines.append("-" * (width + 13))
+    lines.append(f"{'AP':<{width}}  {cell(coco['AP'])}")
     return "\n".join(lines)
 
 
@@ -217,7 +281,8 @@ def write_summaries(writer: tf.summary.SummaryWriter, record: Mapping[str, Any],
     """TensorBoard: ``AP_VOC07/mAP``, ``AP_VOC12/mAP``, ``AP_VOC07/<class>``, ... and PR curves.
 
     The original's tags (reference §7). PR curves use the pr_curve plugin
-    (``PR_VOC/<class>``) when per-class detections are given.
+    (``PR_VOC/<class>``) when per-class detections are given. A record with a ``coco`` block
+    adds ``COCO/<stat>`` (the 12 numbers, ``COCO/AP`` ...) and ``COCO_AP/<class>``.
     """
     with writer.as_default(step=int(step)):
         for metric in ("VOC07", "VOC12"):
@@ -227,10 +292,18 @@ def write_summaries(writer: tf.summary.SummaryWriter, record: Mapping[str, Any],
                 if ap is not None:
                     tf.summary.scalar(f"AP_{metric}/{name}", ap)
         tf.summary.scalar("eval/num_images", record["num_images"])
+        coco = record.get("coco")
+        if coco:
+            for stat in metrics.COCO_STAT_NAMES:
+                if coco[stat] is not None:
+                    tf.summary.scalar(f"COCO/{stat}", coco[stat])
+            for name, ap in coco["AP_per_class"].items():
+                if ap is not None:
+                    tf.summary.scalar(f"COCO_AP/{name}", ap)
         if pr_curves:
             for name, curve in pr_curves.items():
                 meta = pr_metadata.create_summary_metadata(
-                    display_name=f"PR {name}", description="VOC matching, IoU > threshold",
+                    display_name=f"PR {name}", description="VOC matching, IoU >= threshold",
                     num_thresholds=PR_CURVE_NUM_THRESHOLDS)
                 tf.summary.write(f"PR_VOC/{name}/pr_curves", pr_curve_data(curve), metadata=meta)
     writer.flush()
@@ -239,17 +312,15 @@ def write_summaries(writer: tf.summary.SummaryWriter, record: Mapping[str, Any],
 # -- VOC devkit and COCO detection files ---------------------------------------------------
 
 def _pixel_boxes(detections: DetectionSet, i: int) -> np.ndarray:
-    """Image i's live detections as 1-based pixel ``(xmin, ymin, xmax, ymax)`` [d, 4].
+    """Image i's live detections as 1-based pixel ``(xmin, ymin, xmax, ymax)`` [d, 4], float64.
 
-    The TFRecords store VOC's 1-based pixel coordinates divided by the image side, without a
-    -1 (the original converter's rule, kept by datasets/): pixel = normalized * side.
+    ``tf_extended.metrics.devkit_det_boxes``: normalized * side (the TFRecords store VOC's
+    1-based pixels divided by the side, without a -1), clipped to [1, side]; the boxes the
+    devkit metric scores.
     """
     d = int(detections.num_detections[i])
-    height, width = float(detections.shapes[i][0]), float(detections.shapes[i][1])
-    ymin, xmin, ymax, xmax = np.moveaxis(detections.boxes[i, :d].astype(np.float64), -1, 0)
-    xy = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=-1)
-    # Keep every box inside the image in the devkit's 1-based pixels.
-    return np.clip(xy, 1.0, np.array([width, height, width, height]))
+    pix = metrics.devkit_det_boxes(detections.boxes[i, :d], detections.shapes[i])
+    return pix[:, [1, 0, 3, 2]]
 
 
 def voc_detection_filename(split_name: str, class_name: str) -> str:
@@ -262,7 +333,11 @@ def write_voc_detections(detections_dir: str, split_name: str, detections: Detec
     """VOC devkit submission files, one per class (competition 4: any training data).
 
     Each line: ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>``, 1-based pixel
-    coordinates of the original image. Every class gets a file, empty when nothing was found.
+    coordinates of the original image, every number at full precision (``repr``: the exact
+    float64 that was scored, so VOCevaldet.m on these files computes the printed AP). Lines
+    are in evaluation order (image order, then the detector's order within an image): the
+    devkit's stable sort breaks score ties in that order, as the evaluator does. Every class
+    gets a file, empty when nothing was found.
 
     Returns:
       The paths written.
@@ -274,9 +349,10 @@ def write_voc_detections(detections_dir: str, split_name: str, detections: Detec
         if d == 0:
             continue
         xy = _pixel_boxes(detections, i)
-        for label, score, box in zip(detections.classes[i, :d], detections.scores[i, :d], xy):
+        for label, score, box in zip(detections.classes[i, :d].tolist(),
+                                     detections.scores[i, :d].tolist(), xy.tolist()):
             lines.setdefault(int(label), []).append(
-                f"{image_id} {score:.6f} {box[0]:.2f} {box[1]:.2f} {box[2]:.2f} {box[3]:.2f}\n")
+                f"{image_id} {score!r} {box[0]!r} {box[1]!r} {box[2]!r} {box[3]!r}\n")
     paths = []
     for label, rows in sorted(lines.items()):
         name = labels_to_names.get(label, str(label))
@@ -313,32 +389,41 @@ def read_voc_detections(detections_dir: str, split_name: str,
 
 
 def write_coco_detections(path: str, detections: DetectionSet,
-                          labels_to_names: Mapping[int, str]) -> int:
+                          labels_to_names: Mapping[int, str],
+                          label_to_category_id: Mapping[int, int] | None = None,
+                          box_convention: str = "voc") -> int:
     """COCO results JSON: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
 
-    ``bbox`` is in 0-based pixels of the original image (COCO's convention), converted from
-    the VOC 1-based inclusive box as ``x = xmin - 1, w = xmax - xmin + 1``. ``image_id`` is
-    an int when the VOC id is all digits (``'000001'`` -> 1), else the string;
-    ``category_id`` is the label id; ``category_name`` is added for readability.
+    What ``tf_extended.metrics.COCOEvaluator`` scores, exactly (full-precision floats):
+    ``image_id`` is the COCO id, else the image name (an int when every name is all digits,
+    VOC's ``'000001'`` -> 1; ``metrics.coco_image_ids``); ``category_id`` is
+    ``label_to_category_id[label]`` (default: the label); ``bbox`` is in 0-based pixels of
+    the original image (``metrics.coco_xywh``: for VOC records (``box_convention='voc'``)
+    from the devkit's 1-based inclusive box, ``x = xmin - 1, w = xmax - xmin + 1``; for COCO
+    records ``normalized * side``); ``category_name`` is added for readability.
 
     Returns:
       The number of detections written.
     """
-    rows = []
-    for i, image_id in enumerate(detections.image_ids):
-        d = int(detections.num_detections[i])
-        if d == 0:
-            continue
-        coco_id: int | str = int(image_id) if image_id.isdigit() else image_id
-        xy = _pixel_boxes(detections, i)
-        for label, score, box in zip(detections.classes[i, :d], detections.scores[i, :d], xy):
-            rows.append({
-                "image_id": coco_id,
-                "category_id": int(label),
-                "category_name": labels_to_names.get(int(label), str(int(label))),
-                "bbox": [round(float(box[0] - 1.0), 2), round(float(box[1] - 1.0), 2),
-                         round(float(box[2] - box[0] + 1.0), 2), round(float(box[3] - box[1] + 1.0), 2)],
-                "score": round(float(score), 6),
-            })
+    num = detections.num_detections.astype(np.int64)
+    live = np.arange(detections.boxes.shape[1] if detections.boxes.ndim == 3 else 0)[None, :] < num[:, None]
+    image_of = np.broadcast_to(np.arange(len(detections))[:, None], live.shape)[live]
+    ids = metrics.coco_image_ids(detections.raw_ids())
+    labels = detections.classes[live].astype(np.int64)
+    xywh = metrics.coco_xywh(detections.boxes[live], np.asarray(detections.shapes)[image_of],
+                             box_convention, detections=True)
+    cats = (labels if label_to_category_id is None
+            else np.array([label_to_category_id.get(int(l), int(l)) for l in labels], np.int64))
+    rows = metrics.coco_detection_rows([ids[i] for i in image_of.tolist()], xywh,
+                                       detections.scores[live], cats)
+    for row, label in zip(rows, labels.tolist()):
+        row["category_name"] = labels_to_names.get(label, str(label))
     atomic.write_json(path, rows, indent=None)
     return len(rows)
+
+
+def write_coco_ground_truth(path: str, ground_truth: Mapping[str, Any]) -> None:
+    """A COCO annotation file (``images``, ``annotations``, ``categories``), e.g. the ground
+    truth ``COCOEvaluator`` rebuilt from the TFRecords: pycocotools on it and the detections
+    file gives the printed numbers."""
+    atomic.write_json(path, dict(ground_truth), indent=None)

@@ -1,4 +1,5 @@
-"""Evaluation engine: VOC07/VOC12 mAP of an SSD checkpoint on a TFRecord dataset (the loop).
+"""Evaluation engine: VOC07/VOC12 mAP (and COCO's metrics) of an SSD checkpoint on a TFRecord
+dataset (the loop).
 
 The pieces, each usable on its own (eval_ssd_network.py only turns flags into calls):
 
@@ -6,9 +7,11 @@ The pieces, each usable on its own (eval_ssd_network.py only turns flags into ca
 - :func:`make_detect_fn`: one ``tf.function`` = network forward + ``detected_bboxes`` + the
   mapping of the boxes back to the original image, for a whole batch, fixed-size output.
 - :func:`make_eval_dataset`: TFRecords -> batched images + the ORIGINAL padded ground truth.
-- :func:`run_evaluation`: drives batches through the detector and feeds a
-  ``tf_extended.metrics.VOCEvaluator`` with NumPy arrays (one transfer per batch; the
-  metric update of batch i runs in a worker thread while the network computes batch i+1).
+- :func:`run_evaluation`: drives batches through the detector (any ``detect(images,
+  bbox_img)`` function) and feeds one or more evaluators (``tf_extended.metrics``
+  ``VOCEvaluator``, ``COCOEvaluator``: the same ``update_batch``) with NumPy arrays (one
+  transfer per batch; the metric update of batch i runs in a worker thread while the
+  network computes batch i+1).
 - :func:`load_weights`: a checkpoint's weights (or their moving averages) into the net.
 - :class:`CheckpointEvaluator`: builds the network once and evaluates checkpoint after
   checkpoint (one file, a directory's latest); :func:`evaluate_as_trained` as training
@@ -22,8 +25,11 @@ Boxes are ``(ymin, xmin, ymax, xmax)`` normalized to the ORIGINAL image everywhe
 module. Metrics are computed in the original image frame: detections are mapped back through
 ``bbox_img`` (the original image's window in the network input; ``(0, 0, 1, 1)`` for the
 default warp resize) and clipped to the image, and compared with the ground truth as stored
-in the TFRecords. IoU is the same in normalized and in pixel units (both axes scale areas
-alike), so these metrics equal the devkit's up to its ``+1`` pixel convention.
+in the TFRecords. The VOC metric (``EvalConfig.voc_metric``) is by default the devkit's
+(``'devkit'``: each image's 1-based pixels, the ``+1`` IoU, what VOCevaldet.m computes from
+the comp4 files written by :mod:`engine.eval_outputs`); ``'normalized'`` compares the
+normalized boxes without ``+1``. The COCO metric goes through the COCO API
+(``tf_extended.metrics.COCOEvaluator``).
 """
 from __future__ import annotations
 
@@ -49,6 +55,9 @@ from tf_extended import metrics
 logger = logging.getLogger(__name__)
 
 
+METRICS = ("voc", "coco")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Post-processing and matching settings (the original eval flags, Caffe SSD test values).
@@ -58,7 +67,7 @@ class EvalConfig:
       nms_threshold: per-class NMS IoU (Caffe ``nms_threshold`` 0.45).
       select_top_k: candidates per class entering NMS (Caffe ``top_k`` 400).
       keep_top_k: detections kept per image over all classes (Caffe ``keep_top_k`` 200).
-      matching_threshold: a detection matches a ground truth when IoU > this (VOC: 0.5).
+      matching_threshold: a detection matches a ground truth when IoU >= this (VOC: 0.5).
       remove_difficult: True: VOC semantics, difficult ground truth is neither to be found
         nor a false positive when matched; False: difficult boxes count like the others.
       batch_size: images per network call (any; the last batch may be smaller).
@@ -70,6 +79,15 @@ class EvalConfig:
       freeze_weights: run the network with each checkpoint's weights baked in as constants
         (``net.inference_function(frozen=True)``, rebuilt per checkpoint): oneDNN then keeps
         them in its own layout, up to ~1.8x faster at batch 1 on a CPU (docs/nets.md).
+      metric: ``'voc'`` or ``'coco'`` (``METRICS``); None: the dataset's ``default_metric``.
+        The VOC numbers are computed in both cases (metrics.json keeps its keys); ``'coco'``
+        adds COCO's (a ``coco`` block).
+      voc_metric: ``'devkit'`` (VOCevaldet.m's pixels and ``+1``) or ``'normalized'``; None:
+        devkit for VOC-format datasets, normalized for COCO ones (their boxes are not on the
+        integer pixel grid the devkit assumes).
+      coco_annotations_file: the original COCO annotation JSON to evaluate against (exact
+        crowd regions and areas); None: the ground truth is rebuilt from the TFRecords.
+      coco_backend: the COCOeval implementation (``tf_extended.metrics.COCO_BACKENDS``).
     """
 
     select_threshold: float = 0.01
@@ -83,8 +101,22 @@ class EvalConfig:
     use_moving_average: bool = False
     clip_detections: bool = True
     freeze_weights: bool = True
+    metric: str | None = None
+    voc_metric: str | None = None
+    coco_annotations_file: str | None = None
+    coco_backend: str = "faster_coco_eval"
 
     def __post_init__(self) -> None:
+        if self.metric is not None and self.metric not in METRICS:
+            raise ValueError(f"metric is {self.metric!r}, must be one of {', '.join(METRICS)}.")
+        if self.voc_metric is not None and self.voc_metric not in metrics.BOX_MODES:
+            raise ValueError(f"voc_metric is {self.voc_metric!r}, must be one of "
+                             f"{', '.join(metrics.BOX_MODES)}.")
+        if self.coco_backend not in metrics.COCO_BACKENDS:
+            raise ValueError(f"coco_backend is {self.coco_backend!r}, must be one of "
+                             f"{', '.join(metrics.COCO_BACKENDS)}.")
+        if self.coco_annotations_file and self.metric == "voc":
+            raise ValueError("coco_annotations_file is for the COCO metric, but metric is 'voc'.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size is {self.batch_size}, but must be >= 1.")
         if self.max_num_batches is not None and self.max_num_batches < 1:
@@ -179,6 +211,9 @@ def make_detect_fn(net: Any, config: EvalConfig, image_shape: Sequence[int] | No
 # ---------------------------------------------------------------------------------------
 # Data.
 
+# COCO extras of preprocessing.pipeline.eval_dataset's info -> the batch keys.
+_COCO_BATCH_KEYS = {"coco_id": "coco_id", "iscrowd": "gt_iscrowd", "area": "gt_area"}
+
 def make_eval_dataset(dataset: tf.data.Dataset,
                       preprocess_fn: Callable[..., tuple],
                       out_shape: Sequence[int],
@@ -205,7 +240,8 @@ def make_eval_dataset(dataset: tf.data.Dataset,
       ``image`` float32 [B, H, W, 3], ``bbox_img`` float32 [B, 4], ``shape`` int64 [B, 3],
       ``filename`` string [B], ``gt_bboxes`` float32 [B, G, 4] ``(ymin, xmin, ymax, xmax)``
       normalized, ``gt_labels`` int64 [B, G], ``gt_difficult`` int64 [B, G] (padded with
-      zeros), ``num_gt`` int32 [B].
+      zeros), ``num_gt`` int32 [B]; with COCO records (or any reader that gives them)
+      ``coco_id`` int64 [B] (-1: none), ``gt_iscrowd`` int64 [B, G], ``gt_area`` float32 [B, G].
     """
     out_shape = (int(out_shape[0]), int(out_shape[1]))
 
@@ -229,6 +265,7 @@ def make_eval_dataset(dataset: tf.data.Dataset,
             "gt_labels": tf.cast(info["labels"], tf.int64),
             "gt_difficult": tf.cast(info["difficult"], tf.int64),
             "num_gt": tf.cast(info["num_gt"], tf.int32),
+            **{out: info[key] for key, out in _COCO_BATCH_KEYS.items() if key in info},
         }
 
     ds = pipeline.eval_dataset(dataset, preprocess_fn, batch_size, out_shape=out_shape,
@@ -256,25 +293,41 @@ def image_id_from_filename(filename: bytes | str, index: int) -> str:
     return stem if stem else f"{index:06d}"
 
 
-def _update_evaluator(evaluator: Any, batch: Mapping[str, np.ndarray], det: Mapping[str, np.ndarray],
-                      remove_difficult: bool) -> None:
-    """Feed one batch (NumPy) to the evaluator: ``update_batch`` when it has one, else per image."""
+def raw_image_ids(batch: Mapping[str, np.ndarray], start: int) -> list:
+    """Per image of a batch: its COCO id (``coco_id`` >= 0) or its name
+    (:func:`image_id_from_filename`; ``start`` = the run index of the first image)."""
+    n = len(batch["num_gt"])
+    filenames = batch.get("filename", np.array([b""] * n))
+    coco_ids = batch.get("coco_id")
+    return [int(coco_ids[i]) if coco_ids is not None and int(coco_ids[i]) >= 0
+            else image_id_from_filename(filenames[i], start + i) for i in range(n)]
+
+
+def _update_evaluator(evaluators: Sequence[Any], batch: Mapping[str, np.ndarray],
+                      det: Mapping[str, np.ndarray], remove_difficult: bool, image_ids: list) -> None:
+    """Feed one batch (NumPy) to each evaluator: ``update_batch`` when it has one (with the
+    image sizes, ids, crowd flags and areas), else ``update`` per image."""
     num_gt = batch["num_gt"]
     difficult = batch["gt_difficult"]
     if not remove_difficult:
         difficult = np.zeros_like(difficult)
-    if hasattr(evaluator, "update_batch"):
-        evaluator.update_batch(batch["gt_bboxes"], batch["gt_labels"], difficult, num_gt,
-                               det["boxes"], det["classes"], det["scores"], det["num_detections"])
-        return
-    num_det = det["num_detections"]
-    for i in range(len(num_gt)):
-        g, d = int(num_gt[i]), int(num_det[i])
-        evaluator.update(batch["gt_bboxes"][i, :g], batch["gt_labels"][i, :g], difficult[i, :g],
-                         det["boxes"][i, :d], det["classes"][i, :d], det["scores"][i, :d])
+    for evaluator in evaluators:
+        if hasattr(evaluator, "update_batch"):
+            evaluator.update_batch(batch["gt_bboxes"], batch["gt_labels"], difficult, num_gt,
+                                   det["boxes"], det["classes"], det["scores"],
+                                   det["num_detections"], image_shapes=batch.get("shape"),
+                                   image_ids=image_ids, gt_crowd=batch.get("gt_iscrowd"),
+                                   gt_area=batch.get("gt_area"))
+            continue
+        num_det = det["num_detections"]
+        for i in range(len(num_gt)):
+            g, d = int(num_gt[i]), int(num_det[i])
+            evaluator.update(batch["gt_bboxes"][i, :g], batch["gt_labels"][i, :g], difficult[i, :g],
+                             det["boxes"][i, :d], det["classes"][i, :d], det["scores"][i, :d])
 
 
-_GT_KEYS = ("gt_bboxes", "gt_labels", "gt_difficult", "num_gt", "shape", "filename")
+_GT_KEYS = ("gt_bboxes", "gt_labels", "gt_difficult", "num_gt", "shape", "filename", "coco_id",
+            "gt_iscrowd", "gt_area")
 _DET_KEYS = ("boxes", "scores", "classes", "num_detections")
 
 
@@ -295,14 +348,14 @@ def run_evaluation(batches: Iterable[Mapping[str, Any]],
                    remove_difficult: bool = True,
                    keep_detections: bool = False,
                    overlap: bool = True) -> tuple[RunStats, DetectionSet | None]:
-    """Run the detector over ``batches`` and accumulate VOC metrics in ``evaluator``.
+    """Run the detector over ``batches`` and accumulate the metrics in ``evaluator``.
 
     Args:
       batches: dicts as made by :func:`make_eval_dataset` (tensors or NumPy).
       detect_fn: ``detect(image, bbox_img) -> {'boxes','scores','classes','num_detections'}``,
-        boxes normalized to the original image.
-      evaluator: a ``tf_extended.metrics.VOCEvaluator`` (``update`` per image, or
-        ``update_batch``).
+        boxes normalized to the original image (the network's, or any other detector's).
+      evaluator: a ``tf_extended.metrics.VOCEvaluator`` / ``COCOEvaluator`` (``update_batch``,
+        or ``update`` per image), or a list of them (all fed from the same batches).
       remove_difficult: see :class:`EvalConfig`.
       keep_detections: also return every detection (for the devkit / COCO files).
       overlap: update the metrics of batch i in a worker thread while the detector runs
@@ -312,7 +365,8 @@ def run_evaluation(batches: Iterable[Mapping[str, Any]],
       (RunStats, DetectionSet or None).
     """
     stats = RunStats()
-    kept: dict[str, list] = {k: [] for k in ("ids", "shapes", *_DET_KEYS)}
+    evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
+    kept: dict[str, list] = {k: [] for k in ("ids", "coco_ids", "shapes", *_DET_KEYS)}
     start = time.perf_counter()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1) if overlap else None
     pending: concurrent.futures.Future | None = None
@@ -326,18 +380,21 @@ def run_evaluation(batches: Iterable[Mapping[str, Any]],
             batch_np = {k: np.asarray(batch[k]) for k in _GT_KEYS if k in batch}
             batch_np.setdefault("num_gt", np.full([len(det_np["num_detections"])],
                                                   batch_np["gt_labels"].shape[1], np.int32))
+            image_ids = raw_image_ids(batch_np, stats.num_images)
             if pending is not None:
                 pending.result()  # Keep updates in order and surface their errors.
             if executor is not None:
-                pending = executor.submit(_update_evaluator, evaluator, batch_np, det_np,
-                                          remove_difficult)
+                pending = executor.submit(_update_evaluator, evaluators, batch_np, det_np,
+                                          remove_difficult, image_ids)
             else:
-                _update_evaluator(evaluator, batch_np, det_np, remove_difficult)
+                _update_evaluator(evaluators, batch_np, det_np, remove_difficult, image_ids)
             n = len(det_np["num_detections"])
             if keep_detections:
                 filenames = batch_np.get("filename", np.array([b""] * n))
                 kept["ids"] += [image_id_from_filename(f, stats.num_images + i)
                                 for i, f in enumerate(filenames)]
+                kept["coco_ids"].append(np.asarray(batch_np.get("coco_id", np.full(n, -1)),
+                                                   np.int64).reshape(n))
                 kept["shapes"].append(batch_np["shape"].reshape(n, -1))
                 for k in _DET_KEYS:
                     kept[k].append(det_np[k])
@@ -353,7 +410,8 @@ def run_evaluation(batches: Iterable[Mapping[str, Any]],
     if keep_detections:
         if stats.num_batches:
             detections = DetectionSet(kept["ids"], np.concatenate(kept["shapes"]),
-                                      *(np.concatenate(kept[k]) for k in _DET_KEYS))
+                                      *(np.concatenate(kept[k]) for k in _DET_KEYS),
+                                      coco_ids=np.concatenate(kept["coco_ids"]))
         else:
             detections = DetectionSet([], np.zeros([0, 3], np.int64), np.zeros([0, 0, 4], np.float32),
                                       np.zeros([0, 0], np.float32), np.zeros([0, 0], np.int32),
@@ -408,9 +466,10 @@ def load_weights(net: Any, prefix: str, use_moving_average: bool = False) -> str
 # Checkpoint after checkpoint.
 
 def default_evaluator_factory(num_classes: int, matching_threshold: float,
-                              labels_to_names: Mapping[int, str]) -> Any:
+                              labels_to_names: Mapping[int, str], box_mode: str = "devkit") -> Any:
     """A ``tf_extended.metrics.VOCEvaluator`` for ``num_classes`` (incl. background)."""
-    return metrics.VOCEvaluator(num_classes=num_classes, matching_threshold=matching_threshold)
+    return metrics.VOCEvaluator(num_classes=num_classes, matching_threshold=matching_threshold,
+                                box_mode=box_mode)
 
 
 class CheckpointEvaluator:
@@ -419,7 +478,12 @@ class CheckpointEvaluator:
     The network is built at the first checkpoint, from the flags and that checkpoint's
     sidecar (``nets.configure.resolve_model``); later checkpoints must agree with it.
     Each :meth:`evaluate` writes ``metrics.json`` / ``metrics.jsonl``, TensorBoard summaries
-    at the checkpoint's global step and, with ``detections_dir``, the devkit and COCO files.
+    at the checkpoint's global step and, with ``detections_dir``, the devkit and COCO files
+    (and, for the COCO metric on rebuilt ground truth, that ground truth as COCO JSON).
+
+    The metric: ``config.metric``, else ``'coco'`` with ``config.coco_annotations_file``, else
+    the dataset spec's ``default_metric``; COCO category ids from its ``label_to_category_id``
+    (None: VOC-format records, whose boxes are on the devkit's pixel grid).
     """
 
     def __init__(self,
@@ -461,6 +525,13 @@ class CheckpointEvaluator:
         self.dtype_policy = dtype_policy
         self.metadata: dict | None = None
         self.labels_to_names = {int(k): str(v) for k, v in dataset_spec.labels_to_names.items()}
+        self.label_to_category_id = getattr(dataset_spec, "label_to_category_id", None)
+        coco_records = self.label_to_category_id is not None
+        self.metric = config.metric or ("coco" if config.coco_annotations_file
+                                        else getattr(dataset_spec, "default_metric", "voc"))
+        self.voc_metric = config.voc_metric or ("normalized" if coco_records else "devkit")
+        self.box_convention = "coco" if coco_records else "voc"
+        self._coco_annotations: dict | None = None
         self._detect_fn: DetectFn | None = None
         self._frozen = False
         self._dataset: tf.data.Dataset | None = None
@@ -525,19 +596,28 @@ class CheckpointEvaluator:
         logger.info("Evaluating %s (step %s, %s).", prefix, global_step, loaded)
 
         evaluator = self.evaluator_factory(self.net.params.num_classes,
-                                           self.config.matching_threshold, self.labels_to_names)
+                                           self.config.matching_threshold, self.labels_to_names,
+                                           box_mode=self.voc_metric)
+        coco = self._coco_evaluator() if self.metric == "coco" else None
         keep = self.detections_dir is not None
-        stats, detections = run_evaluation(self._dataset, self._detect_fn, evaluator,
+        stats, detections = run_evaluation(self._dataset, self._detect_fn,
+                                           [evaluator] + ([coco] if coco else []),
                                            remove_difficult=self.config.remove_difficult,
                                            keep_detections=keep)
         result = evaluator.result()
+        coco_block = None
+        if coco is not None:
+            t0 = time.perf_counter()
+            coco_block = eval_outputs.coco_record(coco.result(), self.config.coco_annotations_file)
+            logger.info("COCO metrics (%s): %.1f s.", coco.backend, time.perf_counter() - t0)
         record = eval_outputs.make_record(prefix, global_step, result, self.labels_to_names,
-                                          stats.num_images)
+                                          stats.num_images, coco=coco_block)
         logger.info("%s: %d images in %.1f s (%.2f images/s, %.0f%% in the detector); "
-                    "mAP VOC07 %s, VOC12 %s.", os.path.basename(prefix), stats.num_images,
+                    "mAP VOC07 %s, VOC12 %s (%s)%s.", os.path.basename(prefix), stats.num_images,
                     stats.total_secs, stats.num_images / max(stats.total_secs, 1e-9),
                     100.0 * stats.detect_secs / max(stats.total_secs, 1e-9),
-                    record["mAP_VOC07"], record["mAP_VOC12"])
+                    record["mAP_VOC07"], record["mAP_VOC12"], self.voc_metric,
+                    f"; COCO AP {coco_block['AP']}" if coco_block else "")
         eval_outputs.write_metrics(self.eval_dir, record)
         if self.write_tensorboard:
             if self._writer is None:
@@ -551,10 +631,26 @@ class CheckpointEvaluator:
                                               self.labels_to_names)
             eval_outputs.write_coco_detections(
                 os.path.join(self.detections_dir, f"detections_{split}_coco.json"), detections,
-                self.labels_to_names)
+                self.labels_to_names, label_to_category_id=self.label_to_category_id,
+                box_convention=self.box_convention)
+            if coco is not None and self._coco_annotations is None:
+                eval_outputs.write_coco_ground_truth(
+                    os.path.join(self.detections_dir, f"groundtruth_{split}_coco.json"),
+                    coco.ground_truth())
         self.last_stats = stats
         self.last_detections = detections
         return record
+
+    def _coco_evaluator(self) -> metrics.COCOEvaluator:
+        """A COCOEvaluator for this dataset (the annotation file is read once)."""
+        path = self.config.coco_annotations_file
+        if path and self._coco_annotations is None:
+            self._coco_annotations = metrics.load_coco_annotations(path)
+        return metrics.COCOEvaluator(
+            self.net.params.num_classes, self.labels_to_names,
+            label_to_category_id=self.label_to_category_id, box_convention=self.box_convention,
+            annotations=self._coco_annotations, annotations_path=path,
+            backend=self.config.coco_backend)
 
     def close(self) -> None:
         """Flush and close the summary writer."""

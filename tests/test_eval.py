@@ -193,18 +193,31 @@ def test_devkit_and_coco_files_round_trip(tmp_path):
     assert sorted(os.path.basename(p) for p in paths) == [
         "comp4_det_test_bird.txt", "comp4_det_test_cat.txt", "comp4_det_test_dog.txt"]
     assert open(tmp_path / "comp4_det_test_bird.txt").read() == ""  # Empty, but present.
-    # 1-based pixels = normalized * side (how the converter stored them), clipped to [1, side].
+    # 1-based pixels = normalized * side (how the converter stored them), clipped to [1, side],
+    # at full precision (DESIGN §3: the files hold what was scored; formerly %.6f / %.2f): the
+    # float32 0.9 and 0.1 * 200 as the float64 values the metric used.
+    def px(value, side):
+        return repr(float(np.float32(value)) * side)
+
     assert open(tmp_path / "comp4_det_test_dog.txt").read().splitlines() == [
-        "000001 0.900000 40.00 10.00 120.00 50.00",
-        "img_b 0.500000 10.00 10.00 30.00 30.00"]
+        f"000001 {float(np.float32(0.9))!r} {px(0.2, 200)} {px(0.1, 100)} {px(0.6, 200)} {px(0.5, 100)}",
+        f"img_b 0.5 {px(0.25, 40)} {px(0.2, 50)} {px(0.75, 40)} {px(0.6, 50)}"]
     back = eo.read_voc_detections(str(tmp_path), "test", NAMES)
-    assert back == {"000001": [(1, 0.25, 1.0, 1.0, 200.0, 100.0), (2, 0.9, 40.0, 10.0, 120.0, 50.0)],
-                    "img_b": [(2, 0.5, 10.0, 10.0, 30.0, 30.0)]}
+    assert back == {"000001": [(1, 0.25, 1.0, 1.0, 200.0, 100.0),
+                               (2, pytest.approx(0.9), pytest.approx(40.0), pytest.approx(10.0),
+                                pytest.approx(120.0), 50.0)],
+                    "img_b": [(2, 0.5, 10.0, pytest.approx(10.0), 30.0, pytest.approx(30.0))]}
     n = eo.write_coco_detections(str(tmp_path / "coco.json"), dets, NAMES)
     rows = json.load(open(tmp_path / "coco.json"))
-    assert n == 3 and rows[0] == {"image_id": 1, "category_id": 2, "category_name": "dog",
-                                  "bbox": [39.0, 9.0, 81.0, 41.0], "score": 0.9}
+    # Image ids: names stay strings unless every one is all digits (pycocotools sorts the ids:
+    # a mix of ints and strings, as formerly written here, cannot be evaluated).
+    assert n == 3 and rows[0] == {"image_id": "000001", "category_id": 2, "category_name": "dog",
+                                  "bbox": pytest.approx([39.0, 9.0, 81.0, 41.0]),
+                                  "score": pytest.approx(0.9)}
     assert rows[2]["image_id"] == "img_b"
+    dets.image_ids[1] = "000002"
+    eo.write_coco_detections(str(tmp_path / "coco.json"), dets, NAMES)
+    assert [r["image_id"] for r in json.load(open(tmp_path / "coco.json"))] == [1, 1, 2]
     (tmp_path / "comp4_det_test_cat.txt").write_text("000001 0.5 1 2 3\n")
     with pytest.raises(ValueError, match="comp4_det_test_cat.txt:1"):
         eo.read_voc_detections(str(tmp_path), "test", NAMES)

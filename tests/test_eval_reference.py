@@ -57,7 +57,7 @@ def reference_voc(images: Sequence[dict], num_classes: int, threshold: float = 0
                 overlap = iou(im["det_boxes"][k], im["gt_boxes"][g])
                 if overlap > best:
                     best, best_g = overlap, g
-            if best > threshold:
+            if best >= threshold:  # VOCevaldet.m: ovmax >= minoverlap (DESIGN §3)
                 if im["gt_difficult"][best_g] and use_difficult_flags:
                     continue  # Neither true nor false positive.
                 if (i, best_g) not in taken:
@@ -78,8 +78,8 @@ def reference_voc(images: Sequence[dict], num_classes: int, threshold: float = 0
             recall.append(sum_tp / npos)
             precision.append(sum_tp / (sum_tp + sum_fp))
         total = 0.0
-        for step in range(11):
-            candidates = [p for r, p in zip(recall, precision) if r >= step / 10.0 - 1e-12]
+        for t in (0.0, 0.1, 0.2, 0.1 * 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):  # MATLAB's 0:0.1:1
+            candidates = [p for r, p in zip(recall, precision) if r >= t]
             total += max(candidates) if candidates else 0.0
         ap07[c] = total / 11.0
         mrec = [0.0] + recall + [1.0]

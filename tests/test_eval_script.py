@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from engine import eval_outputs as eo
 from engine import evaluation as ev
+from tests import references
 from tests.test_eval_reference import plant_ssd, reference_voc, softmax_score
 from tf_extended import metrics
 
@@ -78,6 +79,21 @@ def _expected(fx, order, boxes=BOXES, labels=LABELS, logits=LOGITS, remove_diffi
     return reference_voc(images, 4, use_difficult_flags=remove_difficult)
 
 
+def _devkit_expected(fx, dets_dir, names=NAMES):
+    """VOCevaldet.m (tests/references.py) on the comp4 files of ``dets_dir`` and the fixture's
+    XML annotations, for the images in the files: {'AP_VOC07': {name: ap}, 'AP_VOC12': ...}."""
+    files = {name: references.read_comp4(os.path.join(dets_dir, f"comp4_det_test_{name}.txt"))
+             for label, name in names.items() if label > 0}
+    gt = {im.image_id: references.read_voc_xml(im.xml_path) for im in fx.images}
+    out = {"AP_VOC07": {}, "AP_VOC12": {}}
+    for name, lines in files.items():
+        ref = references.vocevaldet(gt, lines, name)
+        no_gt = ref["npos"] == 0
+        out["AP_VOC07"][name] = None if no_gt else ref["ap07"]
+        out["AP_VOC12"][name] = None if no_gt else ref["ap12"]
+    return out
+
+
 def _close(record_aps, ref_aps):
     expected = {NAMES[c]: (None if np.isnan(v) else pytest.approx(v, abs=1e-6))
                 for c, v in ref_aps.items()}
@@ -99,16 +115,19 @@ def test_end_to_end_metrics_devkit_and_summaries(data, tmp_path):
     # Evaluation order = the order of the lines of a devkit file (every image has a cat).
     order = list(dict.fromkeys(line.split()[0] for line in open(dets_dir / "comp4_det_test_cat.txt")))
     assert sorted(order) == sorted(fx.ids)
+    # The printed AP is VOCevaldet.m's on the comp4 files this run wrote (DESIGN §3), exactly.
+    devkit = _devkit_expected(fx, str(dets_dir))
+    assert record["AP_VOC07"] == devkit["AP_VOC07"] and record["AP_VOC12"] == devkit["AP_VOC12"]
+    # The former normalized metric (no +1) is --voc_metric=normalized; close here, not equal.
     ref = _expected(fx, order)
-    assert _close(record["AP_VOC07"], ref["AP_VOC07"]) and _close(record["AP_VOC12"], ref["AP_VOC12"])
-    assert record["mAP_VOC07"] == pytest.approx(ref["mAP_VOC07"], abs=1e-6)
+    assert record["mAP_VOC07"] == pytest.approx(ref["mAP_VOC07"], abs=0.1)
     assert 0.05 < record["mAP_VOC07"] < 0.95  # Some hits, some misses: a real test.
     assert [json.loads(l) for l in open(eval_dir / "metrics.jsonl")] == [record]
     # The table on stdout.
     assert "AP_VOC07" in result.stdout and f"{record['mAP_VOC07']:8.4f}" in result.stdout
 
     # The devkit files parse back to the planted detections, in each image's pixels, and
-    # VOCEvaluator on them (with the TFRecords' ground truth) gives metrics.json.
+    # VOCEvaluator (normalized mode) on them gives --voc_metric=normalized's metrics.json.
     back = eo.read_voc_detections(str(dets_dir), "test", NAMES)
     assert sorted(back) == sorted(fx.ids)
     evaluator = metrics.VOCEvaluator(num_classes=4, matching_threshold=0.5)
@@ -123,8 +142,13 @@ def test_end_to_end_metrics_devkit_and_summaries(data, tmp_path):
         evaluator.update(im.bboxes_normalized(), im.labels, im.difficult, det,
                          np.array(LABELS), np.array([r[1] for r in rows]))
     res = eo.make_record(record["checkpoint"], 500, evaluator.result(), NAMES)
-    assert res["mAP_VOC07"] == pytest.approx(record["mAP_VOC07"], abs=1e-6)
-    assert res["AP_VOC12"] == pytest.approx(record["AP_VOC12"], abs=1e-6)
+    normalized = _run(flags + [f"--checkpoint_path={prefix}.index", f"--eval_dir={tmp_path / 'n'}",
+                               "--batch_size=3", "--voc_metric=normalized"])
+    assert normalized.returncode == 0, normalized.stderr[-3000:]
+    record_n = json.load(open(tmp_path / "n" / "metrics.json"))
+    assert res["mAP_VOC07"] == pytest.approx(record_n["mAP_VOC07"], abs=1e-6)
+    assert res["AP_VOC12"] == pytest.approx(record_n["AP_VOC12"], abs=1e-6)
+    assert _close(record_n["AP_VOC07"], ref["AP_VOC07"]) and _close(record_n["AP_VOC12"], ref["AP_VOC12"])
     coco = json.load(open(dets_dir / "detections_test_coco.json"))
     assert len(coco) == 4 * len(fx.images)
 
@@ -152,10 +176,8 @@ def test_mixed_precision_bfloat16_gives_the_same_metrics(data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mixed_bfloat16" in result.stderr
     record = json.load(open(eval_dir / "metrics.json"))
-    order = list(dict.fromkeys(line.split()[0] for line in open(dets_dir / "comp4_det_test_cat.txt")))
-    ref = _expected(fx, order)
-    assert record["mAP_VOC07"] == pytest.approx(ref["mAP_VOC07"], abs=1e-6)
-    assert record["mAP_VOC12"] == pytest.approx(ref["mAP_VOC12"], abs=1e-6)
+    devkit = _devkit_expected(fx, str(dets_dir))
+    assert record["AP_VOC07"] == devkit["AP_VOC07"] and record["AP_VOC12"] == devkit["AP_VOC12"]
     bad = _run(flags + [f"--checkpoint_path={prefix}", "--mixed_precision=float64"])
     assert bad.returncode != 0 and "mixed_precision" in bad.stderr
 

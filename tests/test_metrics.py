@@ -38,7 +38,7 @@ def _devkit_ap(images, cls, thr=0.5):
             ov = iou(box, gbox)
             if ov > ovmax:
                 ovmax, jmax = ov, j
-        if ovmax > thr:
+        if ovmax >= thr:  # VOCevaldet.m: ovmax >= minoverlap (DESIGN §3)
             if not g["diff"][jmax]:
                 if not g["det"][jmax]:
                     tp.append(1), fp.append(0)
@@ -56,7 +56,7 @@ def _devkit_ap(images, cls, thr=0.5):
     rec = [t / npos for t in ctp]
     prec = [t / (t + f) if t + f > 0 else math.nan for t, f in zip(ctp, cfp)]  # MATLAB: 0/0 = NaN
     ap07 = 0.0
-    for t in [i / 10 for i in range(11)]:
+    for t in [0.0, 0.1, 0.2, 0.1 * 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]:  # MATLAB's 0:0.1:1
         p = _nanmax([p for p, r in zip(prec, rec) if r >= t])
         ap07 += (p if p is not None else 0.0) / 11
     mrec = [0.0] + rec + [1.0]
@@ -150,18 +150,20 @@ def test_random_continuous_cases_against_devkit():
 
 def test_hand_case():
     # Class 1: two boxes (one difficult); class 2: one box. Scores: 0.9 TP, 0.8 duplicate FP,
-    # 0.7 on the difficult box (ignored), 0.6 IoU exactly 0.5 (not > 0.5: FP).
+    # 0.7 on the difficult box (ignored), 0.6 IoU exactly 0.5 with the box already taken
+    # (a duplicate: FP).
     gt = np.array([[0, 0, 4, 4], [4, 4, 8, 8], [0, 4, 4, 8]], float) / 8
     det = np.array([[0, 0, 4, 4], [0, 0, 4, 4], [4, 4, 8, 8], [0, 0, 4, 2], [0, 4, 4, 8]], float) / 8
     ev = metrics.VOCEvaluator(num_classes=4, labels_to_names={1: "cat", 2: "dog", 3: "cow"})
     ev.update(gt, [1, 1, 2], [0, 1, 0], det, [1, 1, 1, 1, 2], [0.9, 0.8, 0.7, 0.6, 0.5])
     ev.update(np.zeros([0, 4]), [], [], np.zeros([0, 4]), [], [])  # an empty image is fine
     res = ev.result()
-    # cat: n_gt 1; TP at rank 1 -> precision 1 at recall 1: AP 1 (07 and 12).
-    assert res["AP_VOC07"]["cat"] == 1.0 and res["AP_VOC12"]["cat"] == 1.0
-    assert res["AP_VOC07"]["dog"] == 1.0
+    # cat: n_gt 1; TP at rank 1 -> precision 1 at recall 1: AP 1 (07 and 12). VOC07 adds p / 11
+    # eleven times, left to right, as VOCevaldet.m does (DESIGN §3): 1 up to rounding.
+    assert res["AP_VOC07"]["cat"] == pytest.approx(1.0, abs=1e-15) and res["AP_VOC12"]["cat"] == 1.0
+    assert res["AP_VOC07"]["dog"] == pytest.approx(1.0, abs=1e-15)
     assert math.isnan(res["AP_VOC07"]["cow"]) and res["classes_without_gt"] == ["cow"]
-    assert res["mAP_VOC07"] == 1.0 and res["num_images"] == 2
+    assert res["mAP_VOC07"] == pytest.approx(1.0, abs=1e-15) and res["num_images"] == 2
     pr = ev.pr_data()["cat"]
     assert pr["tp"].tolist() == [True, False, False] and pr["fp"].tolist() == [False, True, True]
     np.testing.assert_allclose(pr["scores"], [0.9, 0.8, 0.6])
@@ -181,8 +183,11 @@ def test_ap_formulas_hand_values():
     # VOC12: 0.25 * 1 + 0.25 * 2/3 + 0.25 * 0.6
     np.testing.assert_allclose(metrics.voc12_ap(rec, prec), 0.25 + 0.25 * 2 / 3 + 0.25 * 0.6)
     assert metrics.voc07_ap([], []) == 0.0 and metrics.voc12_ap([], []) == 0.0
-    # Recall exactly 0.3 counts for t = 0.3 (thresholds are i/10, not 0.1 * i).
-    np.testing.assert_allclose(metrics.voc07_ap([0.3], [1.0]), 4 / 11)
+    # MATLAB's 0:0.1:1 (DESIGN §3, formerly i/10): its 0.30000000000000004 is above a recall of
+    # exactly 0.3, but 0.6 and 0.7 are exact.
+    np.testing.assert_allclose(metrics.voc07_ap([0.3], [1.0]), 3 / 11)
+    np.testing.assert_allclose(metrics.voc07_ap([0.6], [1.0]), 7 / 11)
+    np.testing.assert_allclose(metrics.voc07_ap([0.7], [1.0]), 8 / 11)
 
 
 def test_no_detections_no_ground_truth_and_incremental_results():

@@ -24,12 +24,16 @@ def _check_last_dim(bboxes: tf.Tensor, name: str) -> None:
         raise ValueError(f"{name}.shape[-1] is {last}, but must be 4 (ymin, xmin, ymax, xmax).")
 
 
-def area(bboxes: tf.Tensor) -> tf.Tensor:
-    """Area of ``(ymin, xmin, ymax, xmax)`` boxes [..., 4] -> [...]; empty or inverted boxes give 0."""
+def area(bboxes: tf.Tensor, offset: float = 0.0) -> tf.Tensor:
+    """Area of ``(ymin, xmin, ymax, xmax)`` boxes [..., 4] -> [...]; empty or inverted boxes give 0.
+
+    ``offset=1`` is the VOC devkit's convention for inclusive integer pixel coordinates:
+    ``(ymax - ymin + 1) * (xmax - xmin + 1)``.
+    """
     bboxes = tf.convert_to_tensor(bboxes)
     _check_last_dim(bboxes, "bboxes")
     ymin, xmin, ymax, xmax = tf.unstack(bboxes, axis=-1)
-    return tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
+    return tf.maximum(ymax - ymin + offset, 0.0) * tf.maximum(xmax - xmin + offset, 0.0)
 
 
 def intersection(bboxes1: tf.Tensor, bboxes2: tf.Tensor) -> tf.Tensor:
@@ -58,16 +62,22 @@ def iou(bboxes1: tf.Tensor, bboxes2: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(inter, union)
 
 
-def elementwise_iou(bboxes1: tf.Tensor, bboxes2: tf.Tensor) -> tf.Tensor:
-    """IoU of matching pairs: [..., 4] x [..., 4] -> [...] (broadcasting)."""
+def elementwise_iou(bboxes1: tf.Tensor, bboxes2: tf.Tensor, offset: float = 0.0) -> tf.Tensor:
+    """IoU of matching pairs: [..., 4] x [..., 4] -> [...] (broadcasting).
+
+    ``offset=1``: the VOC devkit's IoU of inclusive pixel boxes (VOCevaldet.m), operation for
+    operation: ``iw = min(xmax) - max(xmin) + 1`` (likewise ``ih``), ``ua = area1 + area2 -
+    iw * ih`` with ``+1`` areas, ``iw * ih / ua``; pairs with ``iw <= 0`` or ``ih <= 0`` give 0.
+    In float64 the result is bit for bit the devkit's.
+    """
     bboxes1 = tf.convert_to_tensor(bboxes1)
     bboxes2 = tf.convert_to_tensor(bboxes2, dtype=bboxes1.dtype)
     ymin1, xmin1, ymax1, xmax1 = tf.unstack(bboxes1, axis=-1)
     ymin2, xmin2, ymax2, xmax2 = tf.unstack(bboxes2, axis=-1)
-    h = tf.maximum(tf.minimum(ymax1, ymax2) - tf.maximum(ymin1, ymin2), 0.0)
-    w = tf.maximum(tf.minimum(xmax1, xmax2) - tf.maximum(xmin1, xmin2), 0.0)
+    h = tf.maximum(tf.minimum(ymax1, ymax2) - tf.maximum(ymin1, ymin2) + offset, 0.0)
+    w = tf.maximum(tf.minimum(xmax1, xmax2) - tf.maximum(xmin1, xmin2) + offset, 0.0)
     inter = h * w
-    union = area(bboxes1) + area(bboxes2) - inter
+    union = area(bboxes1, offset) + area(bboxes2, offset) - inter
     return tf.math.divide_no_nan(inter, union)
 
 
