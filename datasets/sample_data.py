@@ -16,7 +16,8 @@ in a few CPU minutes, without downloading PASCAL VOC. This module draws one:
   ``labels.txt`` (one class name per line, line ``i`` = label ``i``, background excluded);
 * optionally (``coco=True``, ``--coco``) COCO detection JSON for the same images,
   ``annotations/instances_{trainval,test}.json``, whose difficult objects are crowd regions,
-  plus a few images without objects (listed in the JSON only; see :func:`coco_json`).
+  plus a few images with a crowd (a cluster of small shapes of one class, annotated as one
+  ``iscrowd`` region) and a few without objects, listed in the JSON only (:func:`coco_json`).
 
 Determinism: image ``i`` of a split is drawn from its own generator seeded with
 ``(seed, split, i)`` and written with fixed JPEG settings, so the same arguments give
@@ -170,14 +171,52 @@ def _overlap_ok(box: Sequence[float], others: Sequence[Sequence[float]]) -> bool
     return True
 
 
+def _paint(draw: ImageDraw.ImageDraw, rng: np.random.Generator, drawable, side: float) -> None:
+    """Paint one shape (its own saturated colour and darker outline)."""
+    hue = rng.uniform()
+    fill = _hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0))
+    outline = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.15, 0.4))
+    kind, geometry = drawable
+    outline_width = max(1, int(round(side / 40)))
+    if kind == "ellipse":
+        draw.ellipse(geometry, fill=fill, outline=outline, width=outline_width)
+    else:
+        draw.polygon(geometry, fill=fill, outline=outline, width=outline_width)
+
+
+def _draw_crowd(draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: int,
+                width: int) -> SampleObject:
+    """A crowd: 6-10 small, overlapping shapes of one class in a region of 40-65% of the shorter
+    side; returns the region (the union of their boxes) as one object, ``difficult=1``."""
+    short = float(min(height, width))
+    name = CLASSES[int(rng.integers(len(CLASSES)))]
+    region_h = short * rng.uniform(0.4, 0.65)
+    region_w = min(region_h * rng.uniform(0.8, 1.4), width * 0.95)
+    top, left = rng.uniform(0, height - region_h), rng.uniform(0, width - region_w)
+    extents = []
+    for _ in range(int(rng.integers(6, 11))):
+        side = min(region_h, region_w) * rng.uniform(0.22, 0.35)
+        cy = rng.uniform(top + side / 2, top + region_h - side / 2)
+        cx = rng.uniform(left + side / 2, left + region_w - side / 2)
+        drawable, full = _extent(name, rng, cy, cx, side)
+        _paint(draw, rng, drawable, side)
+        extents.append(full)
+    box = (max(min(e[0] for e in extents), 0.0), max(min(e[1] for e in extents), 0.0),
+           min(max(e[2] for e in extents), float(height)), min(max(e[3] for e in extents), float(width)))
+    return SampleObject(name=name, box=box, truncated=0, difficult=1)
+
+
 def draw_sample(rng: np.random.Generator, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-                with_objects: bool = True) -> tuple[np.ndarray, list[SampleObject]]:
+                with_objects: bool = True, crowd: bool = False
+                ) -> tuple[np.ndarray, list[SampleObject]]:
     """Draw one image and its objects.
 
     Args:
       rng: the generator to draw from (all randomness comes from it).
       image_size: ``(height, width)`` in pixels.
       with_objects: False draws the background, clutter and noise only (no shape, no object).
+      crowd: also draw a crowd (:func:`_draw_crowd`, before the other objects, which keep
+        clear of it): its region is one object with ``difficult=1``.
 
     Returns:
       ``(image uint8 [H, W, 3] RGB, objects)``; boxes are ``(ymin, xmin, ymax, xmax)`` pixels.
@@ -194,6 +233,9 @@ def draw_sample(rng: np.random.Generator, image_size: tuple[int, int] = DEFAULT_
 
     objects: list[SampleObject] = []
     boxes: list[tuple[float, float, float, float]] = []
+    if crowd:
+        objects.append(_draw_crowd(draw, rng, height, width))
+        boxes.append(objects[-1].box)
     num_objects = int(rng.integers(1, _MAX_OBJECTS + 1)) if with_objects else 0
     want_difficult = with_objects and rng.uniform() < _P_DIFFICULT
     for k in range(num_objects + int(want_difficult)):
@@ -223,15 +265,7 @@ def draw_sample(rng: np.random.Generator, image_size: tuple[int, int] = DEFAULT_
             break
         else:
             continue  # no room for this object; images keep at least the objects placed so far
-        hue = rng.uniform()
-        fill = _hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0))
-        outline = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.15, 0.4))
-        kind, geometry = drawable
-        outline_width = max(1, int(round(side / 40)))
-        if kind == "ellipse":
-            draw.ellipse(geometry, fill=fill, outline=outline, width=outline_width)
-        else:
-            draw.polygon(geometry, fill=fill, outline=outline, width=outline_width)
+        _paint(draw, rng, drawable, side)
         boxes.append(box)
         objects.append(SampleObject(name=name, box=tuple(float(v) for v in box),
                                     truncated=int(cut), difficult=difficult))
@@ -284,14 +318,17 @@ def _write_if_changed(path: str, data: bytes) -> None:
 
 
 def _write_image(task: tuple) -> tuple[int, int, int, tuple[SampleObject, ...]]:
-    """Draw and write one image (+ its VOC annotation when it has objects); returns
-    (objects, difficult, truncated, the objects)."""
+    """Draw and write one image; returns (objects, difficult, truncated, the objects).
+
+    ``task[6]`` (default 'voc'): 'voc' images get their VOC XML; 'empty' (no object) and
+    'crowd' (a crowd + objects) images are for the COCO JSON only and get no XML.
+    """
     root, seed, split_index, image_id, index, image_size = task[:6]
-    with_objects = task[6] if len(task) > 6 else True
+    kind = task[6] if len(task) > 6 else "voc"
     image, objects = draw_sample(np.random.default_rng([seed, split_index, index]), image_size,
-                                 with_objects=with_objects)
+                                 with_objects=kind != "empty", crowd=kind == "crowd")
     _write_if_changed(os.path.join(root, "JPEGImages", image_id + ".jpg"), encode_jpeg(image))
-    if with_objects:
+    if kind == "voc":
         _write_if_changed(os.path.join(root, "Annotations", image_id + ".xml"),
                           annotation_xml(image_id, image_size, objects).encode())
     return (len(objects), sum(o.difficult for o in objects), sum(o.truncated for o in objects),
@@ -304,12 +341,15 @@ def _write_image(task: tuple) -> tuple[int, int, int, tuple[SampleObject, ...]]:
 # labels 1..4 equal the VOC labels) but with gaps, as COCO's own ids have.
 COCO_CATEGORY_IDS: dict[str, int] = {"circle": 2, "square": 5, "triangle": 6, "star": 9}
 COCO_DIR = "annotations"
-# Ids of the COCO images and annotations: per split blocks, empty images after the others.
-_COCO_IMAGE_BLOCK, _COCO_EMPTY_OFFSET, _COCO_ANN_BLOCK = 1_000_000, 900_000, 10_000_000
-# The generator index of empty image i is _EMPTY_INDEX + i (never an index of a shape image).
-_EMPTY_INDEX = 10_000_000
-# Approximate segmentation area / box area per class (what COCO's 'area' measures).
+# COCO ids: per split blocks of image and annotation ids; the COCO-only images after the others.
+_COCO_IMAGE_BLOCK, _COCO_ANN_BLOCK = 1_000_000, 10_000_000
+_COCO_OFFSETS = {"voc": 0, "crowd": 800_000, "empty": 900_000}
+# Generator index of the COCO-only images (never the index of a VOC image).
+_GENERATOR_OFFSETS = {"voc": 0, "crowd": 20_000_000, "empty": 10_000_000}
+# Approximate segmentation area / box area per class (what COCO's 'area' measures); a crowd
+# region is about half covered by its shapes.
 _FILL = {"circle": math.pi / 4, "square": 0.9, "triangle": 0.5, "star": 0.45}
+_CROWD_FILL = 0.5
 
 
 def coco_annotations_path(root: str, split: str) -> str:
@@ -317,46 +357,44 @@ def coco_annotations_path(root: str, split: str) -> str:
     return os.path.join(root, COCO_DIR, f"instances_{split}.json")
 
 
-def empty_image_ids(split: str, num_images: int) -> list[str]:
-    """Ids of a split's images without objects (COCO only), e.g. ``trainval_empty_000001``."""
-    return [f"{split}_empty_{i + 1:06d}" for i in range(num_images)]
+def coco_only_image_ids(split: str, kind: str, num_images: int) -> list[str]:
+    """Ids of a split's COCO-only images, e.g. ``trainval_empty_000001``, ``test_crowd_000002``."""
+    return [f"{split}_{kind}_{i + 1:06d}" for i in range(num_images)]
 
 
-def coco_json(split_index: int, image_size: tuple[int, int],
-              images: Sequence[tuple[str, Sequence[SampleObject]]],
-              empty: Sequence[str]) -> bytes:
-    """The COCO detection JSON of one split: ``images`` (id string, objects) and the ids of
-    its images without objects.
+def coco_json(image_size: tuple[int, int],
+              images: Sequence[tuple[int, str, Sequence[SampleObject]]],
+              first_annotation_id: int = 1) -> bytes:
+    """The COCO detection JSON of one split: ``images`` are (COCO image id, image id string =
+    file name without '.jpg', objects).
 
-    Boxes are COCO's ``[x, y, width, height]`` (0-based continuous pixels, 2 decimals); the
-    sample's difficult objects (tiny, hard) become crowd regions (``iscrowd`` 1: ignored by
-    COCO's metric as difficult boxes are by VOC's); ``area`` approximates the shape's own
-    area (box area x the class's fill factor); ``segmentation`` is the box as a polygon.
-    Categories are listed out of id order on purpose (the converter sorts them).
+    Boxes are COCO's ``[x, y, width, height]`` (0-based continuous pixels, 2 decimals). The
+    sample's difficult objects become crowd regions (``iscrowd`` 1): the tiny hard ones of the
+    VOC images (ignored by COCO's metric as VOC's ignores difficult boxes) and the crowds of
+    the crowd images. ``area`` approximates the shapes' own area (box area x the class's fill
+    factor; a crowd region x 0.5); ``segmentation`` is the box as a polygon. Categories are
+    listed out of id order on purpose (the converter sorts them).
     """
     height, width = image_size
-    base = split_index * _COCO_IMAGE_BLOCK
     entries, annotations = [], []
-    next_ann = split_index * _COCO_ANN_BLOCK + 1
-    for k, (image_id, objects) in enumerate(images):
-        coco_id = base + k + 1
+    next_ann = first_annotation_id
+    for coco_id, image_id, objects in images:
         entries.append({"id": coco_id, "file_name": image_id + ".jpg", "width": width,
                         "height": height})
         for obj in objects:
             ymin, xmin, ymax, xmax = obj.box
             x, y = round(xmin, 2), round(ymin, 2)
             w, h = round(xmax - xmin, 2), round(ymax - ymin, 2)
+            fill = _FILL[obj.name] if not obj.difficult or w * h < 0.04 * width * height \
+                else _CROWD_FILL
             annotations.append({
                 "id": next_ann, "image_id": coco_id,
                 "category_id": COCO_CATEGORY_IDS[obj.name],
-                "bbox": [x, y, w, h], "area": round(w * h * _FILL[obj.name], 2),
+                "bbox": [x, y, w, h], "area": round(w * h * fill, 2),
                 "iscrowd": int(obj.difficult),
                 "segmentation": [[x, y, round(x + w, 2), y, round(x + w, 2), round(y + h, 2),
                                   x, round(y + h, 2)]]})
             next_ann += 1
-    for k, image_id in enumerate(empty):
-        entries.append({"id": base + _COCO_EMPTY_OFFSET + k + 1, "file_name": image_id + ".jpg",
-                        "width": width, "height": height})
     categories = [{"id": COCO_CATEGORY_IDS[n], "name": n, "supercategory": "shape"}
                   for n in ("star", "circle", "triangle", "square")]
     data = {"info": {"description": "SSD-TF2 sample shapes", "version": "1.0"}, "licenses": [],
@@ -379,14 +417,16 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
         The files do not depend on it (each image has its own generator).
       coco: also write COCO detection JSON for the same images,
         ``annotations/instances_<split>.json`` (:func:`coco_json`; images in ``JPEGImages/``),
-        plus, per split, ``max(1, n // 10)`` images without objects
-        (``JPEGImages/<split>_empty_NNNNNN.jpg``, in the JSON only). The VOC files are the
-        same with or without it.
+        plus, per split of n images, ``max(1, n // 10)`` images with a crowd
+        (``JPEGImages/<split>_crowd_NNNNNN.jpg``) and as many without objects
+        (``<split>_empty_NNNNNN.jpg``), in the JSON only. The VOC files are the same with or
+        without it.
 
     Returns:
-      ``{'trainval': n, 'test': n, 'objects': total objects, 'difficult': n, 'truncated': n}``,
-      with ``coco``: also ``'crowd'`` (crowd annotations) and ``'empty'`` (images without
-      objects).
+      ``{'trainval': n, 'test': n, 'objects': total objects, 'difficult': n, 'truncated': n}``
+      (of the VOC images), with ``coco``: also ``'coco_images'``, ``'coco_objects'``,
+      ``'crowd'`` (crowd annotations) and ``'empty'`` (images without objects), over both
+      splits' JSON.
     """
     if num_trainval < 0 or num_test < 0:
         raise ValueError(f"image counts must be >= 0, got trainval={num_trainval}, test={num_test}")
@@ -397,15 +437,17 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     _write_if_changed(os.path.join(root, LABELS_FILENAME), ("\n".join(CLASSES) + "\n").encode())
     tasks = []
-    empty_tasks = []
+    coco_tasks = []
     for split_index, (split, count) in enumerate(zip(SPLITS, (num_trainval, num_test))):
         ids = image_ids(split, count)
         tasks += [(root, seed, split_index, image_id, i, (height, width)) for i, image_id in enumerate(ids)]
         _write_if_changed(os.path.join(root, "ImageSets", "Main", split + ".txt"),
                           "".join(i + "\n" for i in ids).encode())
-        if coco and count:
-            empty_tasks += [(root, seed, split_index, image_id, _EMPTY_INDEX + i, (height, width), False)
-                            for i, image_id in enumerate(empty_image_ids(split, max(1, count // 10)))]
+        for kind in ("crowd", "empty") if coco and count else ():
+            coco_tasks += [(root, seed, split_index, image_id, _GENERATOR_OFFSETS[kind] + i,
+                            (height, width), kind)
+                           for i, image_id in enumerate(coco_only_image_ids(split, kind,
+                                                                            max(1, count // 10)))]
     if num_workers is None:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if num_workers > 1 and len(tasks) >= 32:
@@ -415,22 +457,30 @@ def generate(root: str, num_trainval: int = 400, num_test: int = 100, seed: int 
         # fork: the workers need nothing but this module; no thread pools exist yet in the parent.
         context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
         with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-            counts = list(pool.map(_write_image, tasks + empty_tasks, chunksize=16))
+            counts = list(pool.map(_write_image, tasks + coco_tasks, chunksize=16))
     else:
-        counts = [_write_image(task) for task in tasks + empty_tasks]
-    counts, empty_counts = counts[:len(tasks)], counts[len(tasks):]
+        counts = [_write_image(task) for task in tasks + coco_tasks]
     stats = {"trainval": num_trainval, "test": num_test,
-             "objects": sum(c[0] for c in counts), "difficult": sum(c[1] for c in counts),
-             "truncated": sum(c[2] for c in counts)}
+             "objects": sum(c[0] for c in counts[:len(tasks)]),
+             "difficult": sum(c[1] for c in counts[:len(tasks)]),
+             "truncated": sum(c[2] for c in counts[:len(tasks)])}
     if coco:
         os.makedirs(os.path.join(root, COCO_DIR), exist_ok=True)
         for split_index, split in enumerate(SPLITS):
-            images = [(t[3], c[3]) for t, c in zip(tasks, counts) if t[2] == split_index]
-            empty = [t[3] for t in empty_tasks if t[2] == split_index]
+            images = []
+            for task, count in zip(tasks + coco_tasks, counts):
+                if task[2] == split_index:
+                    kind = task[6] if len(task) > 6 else "voc"
+                    coco_id = (split_index * _COCO_IMAGE_BLOCK + _COCO_OFFSETS[kind]
+                               + task[4] - _GENERATOR_OFFSETS[kind] + 1)
+                    images.append((coco_id, task[3], count[3]))
             _write_if_changed(coco_annotations_path(root, split),
-                              coco_json(split_index, (height, width), images, empty))
-        stats["crowd"] = stats["difficult"]
-        stats["empty"] = len(empty_counts)
+                              coco_json((height, width), images,
+                                        split_index * _COCO_ANN_BLOCK + 1))
+        stats["coco_images"] = len(counts)
+        stats["coco_objects"] = sum(c[0] for c in counts)
+        stats["crowd"] = sum(c[1] for c in counts)
+        stats["empty"] = sum(1 for c in counts if c[0] == 0)
     logger.info("sample data in %s: %s", root, stats)
     return stats
 
@@ -463,8 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {stats['trainval']} trainval + {stats['test']} test images ({stats['objects']} objects, "
           f"{stats['truncated']} truncated, {stats['difficult']} difficult) to {args.output_dir}")
     if args.coco:
-        print(f"and COCO JSON {coco_annotations_path(args.output_dir, '<split>')} ({stats['crowd']} crowd, "
-              f"{stats['empty']} images without objects)")
+        print(f"and COCO JSON {coco_annotations_path(args.output_dir, '<split>')} ({stats['coco_images']} "
+              f"images, {stats['coco_objects']} annotations, {stats['crowd']} crowd, {stats['empty']} "
+              "images without objects)")
     return 0
 
 
