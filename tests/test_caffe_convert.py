@@ -671,6 +671,11 @@ def parse_text(tmp_path, text, name="deploy.prototxt"):
      ((25, 60), (60, 111), (111, 162), (162, 213), (213, 264), (264, 315))),
     ("ssd_512_vgg", SSD512_PRIORS, "voc_caffe",
      ((35, 76), (76, 153), (153, 230), (230, 307), (307, 384), (384, 460), (460, 537))),
+    # The SSD512 COCO model's priors (4%, then 10%..90% of 512), truncated by Caffe.
+    ("ssd_512_vgg", dict(SSD512_PRIORS, min=[20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8],
+                         max=[51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72]),
+     "coco_ft_caffe",
+     ((20, 51), (51, 133), (133, 215), (215, 296), (296, 378), (378, 460), (460, 542))),
 ])
 def test_prototxt_priorboxes_to_params(tmp_path, model, priors, preset, sizes):
     net_param = parse_text(tmp_path, deploy_prototxt(model, 21, priors=priors))
@@ -764,3 +769,53 @@ def test_prototxt_wins_over_stored_priorboxes_with_a_warning(tmp_path, zero_weig
     assert params.anchor_preset == "voc" and source == "deploy.prototxt"
     assert any("differ from those stored in m.caffemodel" in r.getMessage()
                for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------
+# The published COCO models: 81 classes, COCO priors (ssd_coco.py: 7%, then 15%..90%)
+# ---------------------------------------------------------------------------------------
+
+SSD300_COCO_PRIORS = dict(SSD300_PRIORS, min=[21, 45, 99, 153, 207, 261],
+                          max=[45, 99, 153, 207, 261, 315])
+
+
+@pytest.mark.slow
+def test_coco_model_converts_with_81_classes_and_its_priors(tmp_path):
+    num_classes = 81
+    weights = random_caffe_weights("ssd_300_vgg", num_classes, seed=5)
+    model_path = tmp_path / "VGG_coco_SSD_300x300_iter_400000.caffemodel"
+    write_model(model_path, weights)
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text(deploy_prototxt("ssd_300_vgg", num_classes, priors=SSD300_COCO_PRIORS))
+    proc = run_script("--model_name=ssd_300_vgg", "--num_classes=81",
+                      f"--caffemodel_path={model_path}", f"--prototxt={prototxt}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = str(model_path).replace(".caffemodel", ".ckpt")
+    meta = json.loads(open(ckpt + ".ssd.json").read())
+    assert meta["model_name"] == "ssd_300_vgg" and meta["num_classes"] == 81
+    assert meta["anchor_preset"] == "coco_ft"
+    assert meta["anchor_sizes"] == [[21, 45], [45, 99], [99, 153], [153, 207], [207, 261],
+                                    [261, 315]]
+    assert meta["anchor_steps"] == [8, 16, 32, 64, 100, 300]
+    reader = tf.train.load_checkpoint(ckpt)
+    conf = reader.get_tensor("ssd_300_vgg/block4_box/conv_cls/weights")
+    assert conf.shape == (3, 3, 512, 4 * 81)
+    np.testing.assert_array_equal(
+        conf, expected_tf_value(weights["conv4_3_norm_mbox_conf"][0], "conv4_3_norm_mbox_conf"))
+    # Rebuilt from the checkpoint alone (what eval does): 81 classes, the COCO anchors.
+    model_name, params = configure.resolve_model(checkpoint=ckpt)
+    assert params.num_classes == 81 and params.anchor_preset == "coco_ft"
+    net = nets_factory.get_network(model_name)(params)
+    net.load_checkpoint(ckpt)
+    feats = [38, 19, 10, 5, 3, 1]
+    caffe_priors = np.concatenate([
+        np_prior_boxes(SSD300_COCO_PRIORS["min"][i], SSD300_COCO_PRIORS["max"][i],
+                       SSD300_COCO_PRIORS["ratios"][i], SSD300_COCO_PRIORS["steps"][i],
+                       feats[i], 300) for i in range(6)])
+    np.testing.assert_allclose(net.anchors(), caffe_priors[:, [1, 0, 3, 2]], atol=1e-6)
+    # A wrong --num_classes is refused with one line naming the layer.
+    bad = run_script("--model_name=ssd_300_vgg", "--num_classes=21",
+                     f"--caffemodel_path={model_path}", f"--prototxt={prototxt}",
+                     f"--output_path={tmp_path / 'bad.ckpt'}")
+    assert bad.returncode != 0 and "conv4_3_norm_mbox_conf" in bad.stderr
+    assert "Traceback" not in bad.stderr
