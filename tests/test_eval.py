@@ -355,6 +355,7 @@ def _fake_spec(records, names=NAMES):
     return Spec()
 
 
+@pytest.mark.slow
 def test_checkpoint_evaluator_planted_net_is_perfect(tmp_path):
     """A real SSD300 with planted weights, a real checkpoint, the real preprocessing."""
     from preprocessing import preprocessing_factory

@@ -22,6 +22,9 @@ from tests import references
 from tests.test_eval_reference import plant_ssd, reference_voc, softmax_score
 from tf_extended import metrics
 
+# Every test here runs eval_ssd_network.py as a subprocess.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "eval_ssd_network.py")
 CLASSES = ("cat", "dog", "bird")

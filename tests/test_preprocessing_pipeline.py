@@ -36,6 +36,7 @@ def _batches(ds):
     return list(ds.as_numpy_iterator())
 
 
+@pytest.mark.slow
 def test_train_dataset_shapes_ids_and_determinism(voc_records):
     fx, spec = voc_records
     anchors = grid_anchors()

@@ -447,6 +447,7 @@ def test_vgg16_fc_layers_of_excluded_conv6_conv7_are_not_a_mismatch():
     assert not ckpt_lib.only_excluded_fc_layers(other, "vgg_16", "ssd_300_vgg", readme)
 
 
+@pytest.mark.slow
 def test_each_input_pipeline_draws_its_own_augmentations(tmp_path):
     """With 2 input pipelines (multi-worker) both read the same one-image dataset: the k-th
     examples must still get different crops/flips/colours (a seed per pipeline), and the same
