@@ -3,13 +3,16 @@
 Every write goes to a uniquely named temporary file in the target's folder (so two
 processes writing into one folder never collide), is flushed and fsynced, then renamed over
 the target (``os.replace``, atomic on POSIX). On any error the temporary file is removed and
-the target is left as it was.
+the target is left as it was. The same holds for writers that need a file name
+(:func:`atomic_path`) and for whole folders built aside and renamed into place
+(:func:`staging_directory`, :func:`move_into_place`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from typing import IO, Any, Iterator
 
@@ -60,3 +63,64 @@ def write_json(path: str, data: Any, *, indent: int | None = 1, sort_keys: bool 
     text = json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan,
                       default=default)
     return write_text(path, text + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """``with atomic_path('out.mp4') as tmp: writer(tmp)``: for writers that need a file name
+    (OpenCV's VideoWriter, converters). ``tmp`` is a unique name in ``path``'s folder with the
+    same extension (some writers pick the format from it); on success it is renamed over
+    ``path``, on any error removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        if not os.path.isfile(tmp):
+            raise FileNotFoundError(f"{path}: nothing was written")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staging_directory(path: str) -> Iterator[str]:
+    """A fresh, uniquely named folder beside ``path`` (same file system, so its entries can be
+    renamed into ``path`` with :func:`move_into_place`); removed with whatever is left in it
+    when the block ends, on success or error."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", suffix=".tmp",
+                           dir=parent)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into_place(src: str, dst: str) -> str:
+    """Rename the file or folder ``src`` to ``dst`` (same file system), replacing what ``dst``
+    was. A file replaces atomically (``os.replace``); a folder replaces an old one by moving the
+    old aside first, so ``dst`` is at every moment either the old or the new complete folder
+    (or, between the two renames, absent). Returns ``dst``."""
+    if os.path.isdir(src) and os.path.lexists(dst):
+        aside = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old.",
+                                 dir=os.path.dirname(os.path.abspath(dst)))
+        old = os.path.join(aside, "old")
+        os.replace(dst, old)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            os.replace(old, dst)
+            shutil.rmtree(aside, ignore_errors=True)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        return dst
+    if os.path.isdir(dst) and not os.path.isdir(src):
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+    return dst

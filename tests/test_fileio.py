@@ -113,3 +113,43 @@ def test_truncated_checkpoint_is_one_error_naming_it(tmp_path):
         f.write(b"not an index")
     with pytest.raises(cf.CheckpointUnavailableError, match="model.ckpt-3: cannot read"):
         cf.read_global_step(prefix)
+
+
+def test_atomic_path_for_writers_that_need_a_name(tmp_path):
+    target = str(tmp_path / "out" / "clip.mp4")
+    with atomic.atomic_path(target) as tmp:
+        assert tmp.endswith(".mp4") and os.path.dirname(tmp) == os.path.dirname(target)
+        with open(tmp, "wb") as f:
+            f.write(b"video")
+        assert not os.path.exists(target)
+    assert open(target, "rb").read() == b"video"
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half")
+            raise RuntimeError("writer failed")
+    assert open(target, "rb").read() == b"video"  # untouched
+    assert sorted(os.listdir(tmp_path / "out")) == ["clip.mp4"]  # no temporary left
+
+
+def test_staging_directory_and_move_into_place(tmp_path):
+    dst = str(tmp_path / "export")
+    with atomic.staging_directory(dst) as stage:
+        assert os.path.dirname(stage) == str(tmp_path) and os.path.isdir(stage)
+        os.makedirs(os.path.join(stage, "model"))
+        open(os.path.join(stage, "model", "a"), "w").write("1")
+        open(os.path.join(stage, "file.txt"), "w").write("new")
+        os.makedirs(dst)
+        os.makedirs(os.path.join(dst, "model"))
+        open(os.path.join(dst, "model", "old"), "w").write("0")
+        atomic.move_into_place(os.path.join(stage, "model"), os.path.join(dst, "model"))
+        atomic.move_into_place(os.path.join(stage, "file.txt"), os.path.join(dst, "file.txt"))
+        left = stage
+    assert not os.path.exists(left)  # the staging folder is gone
+    assert sorted(os.listdir(os.path.join(dst, "model"))) == ["a"]  # replaced, not merged
+    assert open(os.path.join(dst, "file.txt")).read() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # nothing aside left behind
+    with pytest.raises(ValueError):
+        with atomic.staging_directory(dst) as stage:
+            raise ValueError("conversion failed")
+    assert sorted(os.listdir(tmp_path)) == ["export"]

@@ -17,6 +17,7 @@ ALLOWED = {
     "engine": {"fileio", "tf_extended", "nets", "preprocessing", "datasets"},
     "inference": {"fileio", "tf_extended", "nets", "preprocessing", "datasets"},
     "caffe_convert": {"fileio", "nets"},
+    "deploy": {"fileio", "tf_extended", "nets", "preprocessing", "datasets"},
     "cli": {"engine", "nets", "tf_extended", "datasets"},
 }
 

@@ -133,3 +133,34 @@ def test_clip_window_half_precision_and_shapes():
     np.testing.assert_allclose(out["boxes"][0, 0].numpy(), [0.0, 0.1, 0.5, 1.0], atol=1e-6)
     assert out["boxes"].shape == (1, 3, 4) and out["scores"].dtype == tf.float32
     assert out["num_detections"].numpy().tolist() == [1]
+
+
+# -- the converter-friendly forms (deploy/: ONNX NonMaxSuppression, TFLite's post-process op) --
+
+def test_top_k_per_class_keeps_each_columns_k_best():
+    rng = np.random.default_rng(7)
+    scores = rng.uniform(size=(2, 50, 3)).astype(np.float32)
+    out = postprocess.top_k_per_class(tf.constant(scores), 5).numpy()
+    for n in range(2):
+        for c in range(3):
+            best = set(np.argsort(-scores[n, :, c])[:5])
+            assert set(np.flatnonzero(out[n, :, c])) == best
+            np.testing.assert_array_equal(out[n, list(best), c], scores[n, list(best), c])
+    # k beyond the anchors keeps everything.
+    np.testing.assert_array_equal(postprocess.top_k_per_class(tf.constant(scores), 80).numpy(), scores)
+
+
+@pytest.mark.parametrize("top_k,keep_top_k", [(50, 60), (400, 200), (7, 10)])
+def test_shared_boxes_form_gives_the_same_detections(top_k, keep_top_k):
+    # Continuous scores (no ties): the one-box-per-anchor form (what tf2onnx converts) equals
+    # the reference, top-k pre-selection and per-class NMS included.
+    rng = np.random.default_rng(11)
+    n, a, c = 2, 300, 6
+    yx = rng.uniform(0, 0.8, (a, 2))
+    anchors = np.concatenate([yx, yx + rng.uniform(0.05, 0.3, (a, 2))], axis=1).astype(np.float32)
+    logits = rng.normal(size=(n, a, c)) * 2
+    logits[..., 0] += 3
+    pred = tf.nn.softmax(tf.constant(logits, tf.float32)).numpy()
+    loc = rng.normal(size=(n, a, 4)).astype(np.float32)
+    _check(pred, loc, anchors, top_k=top_k, keep_top_k=keep_top_k,
+           fn=postprocess.detected_bboxes_shared_boxes)

@@ -125,3 +125,78 @@ def detected_bboxes(predictions: tf.Tensor,
     scores = tf.ensure_shape(scores, [static_n, keep_top_k])
     classes = tf.ensure_shape(tf.cast(classes, tf.int32), [static_n, keep_top_k])
     return {"boxes": out_boxes, "scores": scores, "classes": classes, "num_detections": num_det}
+
+
+def top_k_per_class(scores: tf.Tensor, k: int) -> tf.Tensor:
+    """Zero every score that is not among the ``k`` best of its class.
+
+    ``detected_bboxes``' ``select_top_k`` as a mask, for post-processors that take all the
+    scores at once (TFLite's ``TFLite_Detection_PostProcess``, ONNX ``NonMaxSuppression``)
+    and have no per-class pre-selection of their own.
+
+    Args:
+      scores: [N, A, C] class scores (any classes; each column is ranked on its own).
+      k: candidates kept per class and image (``k >= A`` keeps everything).
+
+    Returns:
+      ``scores`` with the entries below each column's k-th best set to 0. A score equal to the
+      k-th best is kept, so ties at the cut can keep a few more than ``k`` (``detected_bboxes``
+      keeps the lower anchor indices there); with continuous scores this does not happen.
+    """
+    scores = tf.convert_to_tensor(scores)
+    num_anchors = scores.shape[1]
+    if num_anchors is None:
+        raise ValueError(f"scores must have a static anchor dimension; got {scores.shape}.")
+    k = min(int(k), int(num_anchors))
+    kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[:, :, -1]  # [N, C]
+    return tf.where(scores >= kth[:, tf.newaxis, :], scores, tf.zeros_like(scores))
+
+
+def detected_bboxes_shared_boxes(predictions: tf.Tensor,
+                                 localisations: tf.Tensor,
+                                 anchors: tf.Tensor,
+                                 prior_scaling: Sequence[float] = tfe_boxes.DEFAULT_PRIOR_SCALING,
+                                 select_threshold: float = 0.01,
+                                 nms_threshold: float = 0.45,
+                                 select_top_k: int = 400,
+                                 keep_top_k: int = 200) -> dict[str, tf.Tensor]:
+    """:func:`detected_bboxes` written for converters: one box per anchor shared by the classes.
+
+    The same detections (per class: the ``select_top_k`` best candidates above
+    ``select_threshold``, greedy NMS at ``nms_threshold``; then the ``keep_top_k`` best of the
+    image), expressed as ``combined_non_max_suppression`` on the decoded anchor boxes with
+    the scores outside each class's top k zeroed (:func:`top_k_per_class`). That is the form
+    tf2onnx turns into ONNX's ``NonMaxSuppression`` (it cannot convert per-class box sets).
+    Only the order of exactly equal scores may differ from :func:`detected_bboxes`.
+
+    Args and returns: as :func:`detected_bboxes` (no ``clip_window``).
+    """
+    predictions = tf.cast(tf.convert_to_tensor(predictions), tf.float32)
+    localisations = tf.cast(tf.convert_to_tensor(localisations), tf.float32)
+    num_anchors, num_classes = predictions.shape[1], predictions.shape[2]
+    if num_anchors is None or num_classes is None:
+        raise ValueError("predictions must have a static shape [N, A, C]; got "
+                         f"{predictions.shape}.")
+    if num_classes < 2:
+        raise ValueError(f"predictions has {num_classes} classes; need background + at least one.")
+    top_k = min(int(select_top_k), int(num_anchors))
+    keep_top_k = int(keep_top_k)
+    bboxes = tfe_boxes.decode(localisations, anchors, prior_scaling)  # [N, A, 4]
+    scores = top_k_per_class(predictions[:, :, 1:], top_k)  # [N, A, C-1]
+    nms = tf.image.combined_non_max_suppression(
+        bboxes[:, :, tf.newaxis, :], scores,
+        max_output_size_per_class=min(keep_top_k, top_k), max_total_size=keep_top_k,
+        iou_threshold=float(nms_threshold), score_threshold=float(select_threshold),
+        pad_per_class=False, clip_boxes=False)
+    num_det = tf.cast(nms.valid_detections, tf.int32)
+    out_k = tf.shape(nms.nmsed_scores)[1]
+    live = tf.range(out_k)[None, :] < num_det[:, None]
+    pad = keep_top_k - out_k
+    static_n = predictions.shape[0]
+    out_boxes = tf.pad(tf.where(live[..., None], nms.nmsed_boxes, 0.0), [[0, 0], [0, pad], [0, 0]])
+    scores = tf.pad(tf.where(live, nms.nmsed_scores, 0.0), [[0, 0], [0, pad]])
+    classes = tf.pad(tf.where(live, tf.cast(nms.nmsed_classes, tf.int32) + 1, 0), [[0, 0], [0, pad]])
+    return {"boxes": tf.ensure_shape(out_boxes, [static_n, keep_top_k, 4]),
+            "scores": tf.ensure_shape(scores, [static_n, keep_top_k]),
+            "classes": tf.ensure_shape(classes, [static_n, keep_top_k]),
+            "num_detections": num_det}

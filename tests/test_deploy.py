@@ -1,0 +1,152 @@
+"""deploy/ without converting anything: the TFLite post-process op's attributes and anchors,
+the export folder's rules, and how exported paths are recognised. The conversions themselves
+(real files in LiteRT, ONNX Runtime, TensorFlow) are tests/test_export.py."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.framework import attr_value_pb2
+
+from deploy import export, runtime, tflite
+from deploy.graph import (CLASS_SPACING, TFLITE_POSTPROCESS_OP, PostprocessSettings, class_grid,
+                          implements_signature, tflite_anchors, tflite_postprocess_attributes)
+from tf_extended import boxes as tfe_boxes
+
+
+def test_postprocess_attributes_reproduce_our_rules():
+    attrs = tflite_postprocess_attributes(PostprocessSettings(select_threshold=0.01, nms_threshold=0.45,
+                                                              select_top_k=400, keep_top_k=200),
+                                          prior_scaling=(0.1, 0.1, 0.2, 0.2))
+    # The op keeps score >= threshold; ours keeps > 0.01: the next float32 up.
+    assert np.float32(attrs["nms_score_threshold"]) == np.nextafter(np.float32(0.01), np.float32(1))
+    assert np.float32(attrs["nms_score_threshold"]) > np.float32(0.01)
+    # The op divides by y_scale ...; Caffe multiplies by the variances (x, y, w, h).
+    assert (attrs["y_scale"], attrs["x_scale"], attrs["h_scale"], attrs["w_scale"]) == (10.0, 10.0, 5.0, 5.0)
+    assert attrs["max_detections"] == 200 and attrs["max_classes_per_detection"] == 1
+    # One score column of class-separated candidates, the single-threaded NMS (see the doc).
+    assert attrs["num_classes"] == 1 and attrs["use_regular_nms"] is False
+    assert tflite_postprocess_attributes(PostprocessSettings(select_threshold=0.0),
+                                         (0.1, 0.1, 0.2, 0.2))["nms_score_threshold"] > 0.0
+
+
+def test_implements_signature_is_a_name_attr_list_proto():
+    attrs = {"max_detections": 100, "use_regular_nms": False, "nms_score_threshold": 0.5,
+             "y_scale": 10.0, "num_classes": 1}
+    parsed = text_format.Parse(implements_signature(TFLITE_POSTPROCESS_OP, attrs),
+                               attr_value_pb2.NameAttrList())
+    assert parsed.name == TFLITE_POSTPROCESS_OP
+    assert parsed.attr["max_detections"].i == 100 and parsed.attr["num_classes"].i == 1
+    assert parsed.attr["use_regular_nms"].b is False
+    assert parsed.attr["nms_score_threshold"].f == pytest.approx(0.5)
+    assert parsed.attr["y_scale"].f == 10.0
+    with pytest.raises(TypeError):
+        implements_signature("x", {"bad": "text"})
+
+
+def test_tflite_anchors_put_each_class_in_its_own_square():
+    anchors = np.array([[0.1, 0.2, 0.5, 0.4], [-0.3, -0.1, 1.2, 1.1]], np.float32)
+    num_classes = 6  # 5 foreground classes on a 3x3 grid
+    assert class_grid(num_classes) == 3
+    moved = tflite_anchors(anchors, num_classes)
+    assert moved.shape == (5 * 2, 4) and moved.dtype == np.float32
+    cy, cx, h, w = (t.numpy() for t in tfe_boxes.to_center(tf.constant(anchors)))
+    for c in range(5):
+        row, col = divmod(c, 3)
+        block = moved[c * 2:(c + 1) * 2]  # class-major
+        np.testing.assert_allclose(block[:, 0], cy + row * CLASS_SPACING, atol=1e-6)
+        np.testing.assert_allclose(block[:, 1], cx + col * CLASS_SPACING, atol=1e-6)
+        np.testing.assert_array_equal(block[:, 2:], np.stack([h, w], -1))
+    # A box decoded from any class's anchor, as large as 3 images, overlaps no other class's.
+    spans = []
+    for c in range(5):
+        row, col = divmod(c, 3)
+        lo_y, hi_y = row * CLASS_SPACING - 1.0, row * CLASS_SPACING + 2.0
+        lo_x, hi_x = col * CLASS_SPACING - 1.0, col * CLASS_SPACING + 2.0
+        spans.append((lo_y, lo_x, hi_y, hi_x))
+    for i in range(5):
+        for j in range(i + 1, 5):
+            a, b = spans[i], spans[j]
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError):
+        PostprocessSettings(select_threshold=1.0)
+    with pytest.raises(ValueError):
+        PostprocessSettings(nms_threshold=0.0)
+    with pytest.raises(ValueError):
+        PostprocessSettings(keep_top_k=0)
+    assert tflite.file_name("none") == "model.tflite"
+    assert tflite.file_name("int8") == "model_int8.tflite"
+    with pytest.raises(ValueError, match="float16, int8"):
+        tflite.file_name("int4")
+
+
+def test_formats_are_parsed_in_a_fixed_order():
+    assert export.parse_formats("onnx, saved_model") == ["saved_model", "onnx"]
+    with pytest.raises(ValueError, match="pytorch"):
+        export.parse_formats("saved_model,pytorch")
+    with pytest.raises(ValueError):
+        export.parse_formats(" , ")
+
+
+def _fake_export(folder, identity):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "export.json"), "w") as f:
+        json.dump({"identity": identity, "model_name": "ssd_160_vgg_lite", "source": "ckpt-1",
+                   "created": "2026-01-01T00:00:00+00:00", "files": {}}, f)
+
+
+def test_export_folder_rules(tmp_path):
+    new = str(tmp_path / "new")
+    assert export.check_folder(new, "abc", overwrite=False) is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export.check_folder(str(empty), "abc", overwrite=False) is None
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(export.ExportFolderError, match="holds no export"):
+        export.check_folder(str(foreign), "abc", overwrite=False)
+    assert export.check_folder(str(foreign), "abc", overwrite=True) is None
+    same = str(tmp_path / "same")
+    _fake_export(same, "abc")
+    assert export.check_folder(same, "abc", overwrite=False)["identity"] == "abc"
+    with pytest.raises(export.ExportFolderError, match="different model.*--overwrite"):
+        export.check_folder(same, "xyz", overwrite=False)
+    assert export.check_folder(same, "xyz", overwrite=True) is None
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(export.ExportFolderError, match="is a file"):
+        export.check_folder(str(afile), "abc", overwrite=True)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "export.json").write_text("{not json")
+    with pytest.raises(export.ExportFolderError, match="unreadable"):
+        export.check_folder(str(broken), "abc", overwrite=False)
+    assert export.check_folder(str(broken), "abc", overwrite=True) is None
+
+
+def test_exported_paths_are_recognised(tmp_path):
+    with pytest.raises(runtime.ExportedModelError, match="not found"):
+        runtime.model_format(str(tmp_path / "missing.tflite"))
+    odd = tmp_path / "model.pt"
+    odd.write_bytes(b"x")
+    with pytest.raises(runtime.ExportedModelError, match="unknown model format '.pt'"):
+        runtime.model_format(str(odd))
+    with pytest.raises(runtime.ExportedModelError, match="no saved_model.pb"):
+        runtime.model_format(str(tmp_path))
+    for name, fmt in (("m.tflite", "tflite"), ("m.ONNX", "onnx")):
+        (tmp_path / name).write_bytes(b"x")
+        assert runtime.model_format(str(tmp_path / name)) == fmt
+    export_dir = tmp_path / "exported"
+    (export_dir / "saved_model").mkdir(parents=True)
+    (export_dir / "saved_model" / "saved_model.pb").write_bytes(b"")
+    assert runtime.resolve_model_path(str(export_dir)) == str(export_dir / "saved_model")
+    assert runtime.model_format(runtime.resolve_model_path(str(export_dir))) == "saved_model"
+    # A truncated file is one clear error, not a crash.
+    with pytest.raises(runtime.ExportedModelError, match="m.tflite"):
+        runtime.load(str(tmp_path / "m.tflite"))
