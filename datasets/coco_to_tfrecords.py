@@ -25,9 +25,11 @@ category ids in ascending order -> labels 1..N.
 - The shard writing is ``datasets.shard_writer``'s (atomic shards, parallel workers,
   byte-identical re-runs, stale temporary folders removed, ``overwrite``).
 
-Annotation indexing (:func:`build_index`) is ``json.load`` and then NumPy: each field is read
-once into an array, annotations are grouped per image with one stable argsort, category ids
-and image ids are looked up with ``searchsorted``; only bad annotations are visited one by one.
+Annotation indexing (:func:`index_annotations`) is :func:`load_json` (``json.loads`` of the
+file with its segmentation masks cut out first) and then NumPy (:func:`build_index`): each
+field is read once into an array, annotations are grouped per image with one stable argsort,
+category ids and image ids are looked up with ``searchsorted``; only bad annotations are
+visited one by one.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Any, Mapping, Sequence
 
@@ -90,19 +93,62 @@ class CocoIndex:
         return len(self.ann_ids)
 
 
-def load_json(path: str) -> Any:
-    """``json.load`` of an annotation file; DataError naming it when unreadable or malformed."""
+# A value of the key "segmentation" in the COCO forms (polygons: a list of lists of numbers;
+# RLE: {"counts": string or list of ints, "size": [h, w]}), matched strictly: every span it
+# replaces is itself valid JSON, so dropping it changes neither the validity of the file nor
+# any value the converter reads. Possessive quantifiers (Python 3.11) keep it linear.
+_S = rb"\s*+"
+_NUM = rb"-?+(?:0|[1-9]\d*+)(?:\.\d++)?+(?:[eE][-+]?+\d++)?+"
+_INT = rb"(?:0|[1-9]\d*+)"
+_NUMS = rb"\[" + _S + rb"(?:" + _NUM + rb"(?:" + _S + rb"," + _S + _NUM + rb")*+)?" + _S + rb"\]"
+_POLYGONS = rb"\[" + _S + rb"(?:" + _NUMS + rb"(?:" + _S + rb"," + _S + _NUMS + rb")*+)?" + _S + rb"\]"
+_COUNTS = (rb'"counts"' + _S + rb":" + _S + rb'(?:"[^"\\]*+"|\[' + _S + rb"(?:" + _INT + rb"(?:"
+           + _S + rb"," + _S + _INT + rb")*+)?" + _S + rb"\])")
+_SIZE = rb'"size"' + _S + rb":" + _S + rb"\[" + _S + _INT + _S + rb"," + _S + _INT + _S + rb"\]"
+_RLE = (rb"\{" + _S + rb"(?:" + _COUNTS + _S + rb"," + _S + _SIZE + rb"|" + _SIZE + _S + rb","
+        + _S + _COUNTS + rb")" + _S + rb"\}")
+_SEGMENTATION = re.compile(rb'"segmentation"' + _S + rb":" + _S + rb"(?:" + _POLYGONS + rb"|"
+                           + _RLE + rb")")
+
+
+def load_json(path: str, drop_segmentation: bool = True) -> Any:
+    """Reads an annotation file; DataError naming it when unreadable or malformed.
+
+    With ``drop_segmentation`` (the converter's), every ``"segmentation"`` value is replaced by
+    0 in the file's bytes before parsing (one C-speed regular-expression pass): the masks are
+    most of a COCO file (about 70% of instances_train2017.json) and the converter never reads
+    them, so parsing is about 3x faster and needs a fraction of the memory (docs/datasets.md
+    has the figures). Malformed JSON is reported as ``json`` reports it on the original text.
+    """
     try:
         with open(path, "rb") as f:
-            return json.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise DataError(path, "annotation file not found") from None
     except OSError as e:
         raise DataError(path, f"cannot read the annotation file ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    try:
+        if drop_segmentation:
+            data = _SEGMENTATION.sub(b'"segmentation":0', data)
+        return json.loads(data)
+    except json.JSONDecodeError:
+        if not drop_segmentation:
+            raise _malformed(path, data) from None
     except UnicodeDecodeError as e:
         raise DataError(path, f"malformed JSON (not UTF-8: {e.reason})") from None
+    # The error's line and column in the original text (the substitution moved them).
+    del data
+    return load_json(path, drop_segmentation=False)
+
+
+def _malformed(path: str, data: bytes) -> DataError:
+    try:
+        json.loads(data)
+    except json.JSONDecodeError as e:
+        return DataError(path, f"malformed JSON (line {e.lineno} column {e.colno}: {e.msg})")
+    except UnicodeDecodeError as e:
+        return DataError(path, f"malformed JSON (not UTF-8: {e.reason})")
+    return DataError(path, "malformed JSON")
 
 
 def _list_field(data: Mapping, key: str, path: str, required: bool = True) -> list:
@@ -150,7 +196,7 @@ def _ints(entries: list, key: str, path: str, kind: str, default: int | None = N
             values = [e[key] for e in entries]
         else:
             values = [e.get(key, default) for e in entries]
-        if not all(type(v) is int for v in values):
+        if set(map(type, values)) - {int}:  # bools, floats, strings, None: not ids
             raise TypeError
         return np.fromiter(values, np.int64, len(values))
     except (KeyError, TypeError, AttributeError, OverflowError):

@@ -401,6 +401,41 @@ def test_bad_file_stops_with_one_line_naming_the_entry(sample, tmp_path, kind):
     assert not out.exists() or os.listdir(out) == []
 
 
+@pytest.mark.parametrize("text, dropped", [
+    ('{"segmentation": [[1, 2.5, -3e2], [4]], "a": 1}', True),
+    ('{"segmentation" :\n [ [0.5,\n 1E+3] ] , "a": [[1]]}', True),
+    ('{"segmentation": {"size": [3, 4], "counts": [1, 2]}, "x": [1]}', True),
+    ('{"segmentation": {"counts": "PQ8i0", "size": [3, 4]}}', True),
+    ('{"segmentation": {"counts": "a\\\\b", "size": [3, 4]}}', False),  # escapes: parsed
+    ('{"s": "\\"segmentation\\": [[1]]"}', False),  # inside a string: untouched
+    ('{"segmentation": [[1, {"a": 2}]]}', False),       # not a mask form: parsed as is
+])
+def test_segmentation_masks_are_cut_before_parsing(tmp_path, text, dropped):
+    path = tmp_path / "a.json"
+    path.write_text(text)
+    want = json.loads(text)
+    if dropped:
+        want["segmentation"] = 0
+    assert coco_to_tfrecords.load_json(str(path)) == want
+    assert coco_to_tfrecords.load_json(str(path), drop_segmentation=False) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ['{"segmentation": [[1,,2]]}', '{"segmentation": [[01]]}',
+                                  '{"segmentation": [[1]], "b": }', '{"a": [\n1,\n2\n',
+                                  '{"segmentation": {"counts": [1], "size": [1]}, }'])
+def test_malformed_json_is_reported_where_json_finds_it(tmp_path, text):
+    # Cutting the masks never makes a malformed file valid (only valid mask values are cut),
+    # and the error names the line and column of the original text.
+    path = tmp_path / "a.json"
+    path.write_text(text)
+    with pytest.raises(json.JSONDecodeError) as want:
+        json.loads(text)
+    with pytest.raises(shard_writer.DataError) as info:
+        coco_to_tfrecords.load_json(str(path))
+    assert str(info.value) == (f"{path}: malformed JSON (line {want.value.lineno} column "
+                               f"{want.value.colno}: {want.value.msg})")
+
+
 def test_orphan_annotations_are_skipped_with_skip_errors(sample, tmp_path):
     path, data = _small_coco(sample, tmp_path,
                              lambda d: d["annotations"][0].update(image_id=424242))
