@@ -92,6 +92,11 @@ class ImageDetector:
         self._preprocess = preprocess
         self._run = run
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes with the background."""
+        return int(self.net.params.num_classes)
+
     def preprocess(self, image: np.ndarray | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """uint8 [H, W, 3] RGB -> ``(net input float32 [h, w, 3], bbox_img float32 [4])``: the
         eval preprocessing (``bbox_img``: the original image's extent in net-input units)."""

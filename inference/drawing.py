@@ -118,6 +118,18 @@ def draw_bboxes(image: np.ndarray, bboxes, classes, scores=None, class_names: Cl
     return np.asarray(canvas)
 
 
+def draw_detections(image: np.ndarray, detections: Sequence[Mapping], class_names: ClassNames = None,
+                    num_classes: int | None = None) -> np.ndarray:
+    """Draw detections as written to the JSON files (``inference.detector.detections_to_list``:
+    ``{'class_id', 'score', 'bbox': {'ymin', 'xmin', 'ymax', 'xmax'} in pixels}``), so the
+    picture shows exactly what the file says."""
+    boxes = np.array([[d["bbox"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
+                      for d in detections], np.float32).reshape(-1, 4)
+    return draw_bboxes(image, boxes, [d["class_id"] for d in detections],
+                       [d["score"] for d in detections], class_names=class_names,
+                       num_classes=num_classes, normalized=False)
+
+
 def save_png(image: np.ndarray, path: str) -> str:
     """Write a uint8 RGB image as PNG atomically (creating the folder); returns ``path``."""
     with atomic.atomic_open(path, "wb") as f:

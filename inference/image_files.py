@@ -96,16 +96,6 @@ class DetectionRun:
     index: str
 
 
-def _annotate(image: np.ndarray, detections: Sequence[Mapping[str, Any]],
-              class_names: Optional[Mapping[int, str]], num_classes: int) -> np.ndarray:
-    """Drawn from the JSON's pixel boxes, so the picture shows exactly what the file says."""
-    boxes = np.array([[d["bbox"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
-                      for d in detections], np.float32).reshape(-1, 4)
-    return drawing.draw_bboxes(image, boxes, [d["class_id"] for d in detections],
-                               [d["score"] for d in detections], class_names=class_names,
-                               num_classes=num_classes, normalized=False)
-
-
 def detect_images(detector: ImageDetector, paths: Sequence[str], output_dir: str, *,
                   class_names: Optional[Mapping[int, str]] = None, batch_size: int = 4,
                   draw: bool = True, extra: Optional[Mapping[str, Any]] = None,
@@ -116,7 +106,8 @@ def detect_images(detector: ImageDetector, paths: Sequence[str], output_dir: str
     are processed.
 
     Args:
-      detector: an :class:`inference.detector.ImageDetector`.
+      detector: an :class:`inference.detector.ImageDetector`, or any object with its
+        ``detect(images)`` and ``num_classes`` (an exported model: ``deploy.runtime``).
       paths: image files.
       output_dir: created if needed; gets ``<stem>.json``, ``<stem>.png`` and
         :data:`INDEX_FILENAME` (every result; written also when no image could be read).
@@ -128,7 +119,7 @@ def detect_images(detector: ImageDetector, paths: Sequence[str], output_dir: str
     """
     os.makedirs(output_dir, exist_ok=True)
     stems = unique_stems(paths)
-    num_classes = detector.net.params.num_classes
+    num_classes = detector.num_classes
     results: list[dict[str, Any]] = []
     failed: list[str] = []
     pending: list[tuple[str, str, np.ndarray]] = []  # (path, stem, image) of the next batch
@@ -146,7 +137,8 @@ def detect_images(detector: ImageDetector, paths: Sequence[str], output_dir: str
                 atomic.write_json(json_path, {**result, **(extra or {})})
                 result["json"] = json_path
                 if draw:
-                    annotated = _annotate(image, result["detections"], class_names, num_classes)
+                    annotated = drawing.draw_detections(image, result["detections"], class_names,
+                                                        num_classes)
                     result["png"] = drawing.save_png(annotated, os.path.join(output_dir, stem + ".png"))
                 results.append(result)
             bar.update(len(pending))
