@@ -189,7 +189,7 @@ def main() -> None:
     print(f"annotation file: {size_mb:.0f} MiB, {r['images']} images ({r['empty_images']} without "
           f"annotations), {r['annotations']} annotations ({r['crowd']} crowd), "
           f"{r['categories']} categories; {cores} CPU cores, load average {load:.1f}")
-    print(f"indexing (json.load + vectorized index): {r['seconds']:.1f} s wall "
+    print(f"indexing (load_json without the masks + vectorized index): {r['seconds']:.1f} s wall "
           f"(of which load_json {r['json_load_seconds']:.1f} s; {r['cpu_seconds']:.1f} CPU-s); "
           f"goal <= {GOAL_SECONDS:.0f} s "
           f"{'OK' if ok_time else 'BELOW GOAL'}")
