@@ -15,6 +15,9 @@ line per evaluated checkpoint to <eval_dir>/metrics.jsonl, and writes TensorBoar
 in eval_dir.
 With --wait_for_checkpoints it watches the --checkpoint_path directory and evaluates
 every new checkpoint once, oldest first, as training writes them.
+With --model_path it evaluates an exported model (export_ssd_network.py: a SavedModel or
+export folder, a .tflite or an .onnx file) in its own runtime, with the same loop and outputs:
+what int8 costs is the difference of two runs (docs/deploy.md).
 
 The flags are the original project's (balancap/SSD-Tensorflow) with its defaults, except
 where those were bugs: --model_name defaults to ssd_300_vgg (not inception_v3), and
@@ -32,10 +35,12 @@ from cli.flags import (check_postprocessing_flags, check_required, config_from_f
                        define_dataset_flags, define_device_flags, define_model_flags,
                        define_postprocessing_flags)
 from datasets import dataset_factory
+from deploy import runtime
 from engine import devices, eval_outputs, evaluation
 from fileio.checkpoint_files import resolve_checkpoint
 from nets import nets_factory
 from preprocessing import preprocessing_factory
+from preprocessing.ssd_vgg_preprocessing import Resize
 from tf_extended import metrics
 
 FLAGS = flags.FLAGS
@@ -89,6 +94,10 @@ flags.DEFINE_string("master", "", "Unused (TF1 session target); accepted for com
 flags.DEFINE_string("checkpoint_path", "/tmp/tfmodel/",
                     "A checkpoint (prefix or one of its files) or a directory (its latest "
                     "checkpoint; with --wait_for_checkpoints, the directory to watch).")
+flags.DEFINE_string("model_path", None,
+                    "Evaluate an exported model instead of a checkpoint: a SavedModel (or "
+                    "export) folder, a .tflite or an .onnx file (export_ssd_network.py). Its "
+                    "preprocessing and post-processing are the exported ones.")
 flags.DEFINE_string("eval_dir", None,
                     "Where metrics.json, metrics.jsonl and the TensorBoard events go "
                     "(default: <checkpoint directory>/eval_<split>).")
@@ -146,9 +155,35 @@ def _check_flags() -> None:
         raise app.UsageError("--coco_annotations_file is for --metric=coco")
     if FLAGS.master:
         logging.warning("--master=%s is ignored (no TF1 sessions).", FLAGS.master)
+    if FLAGS.model_path:
+        for name in ("wait_for_checkpoints", "moving_average_decay", "mixed_precision",
+                     "eval_image_size"):
+            if FLAGS[name].present:
+                raise app.UsageError(f"--{name} does not apply to --model_path (an exported "
+                                     "model has its weights, size and precision)")
+        if FLAGS.eval_resize != 4:
+            raise app.UsageError("--eval_resize: an exported model has the warp resize (4) "
+                                 "inside")
+        for name in ("select_threshold", "nms_threshold", "select_top_k", "keep_top_k",
+                     "model_name", "num_classes", "anchor_preset", "checkpoint_path"):
+            if FLAGS[name].present:
+                logging.warning("--%s is ignored with --model_path (the export's own settings "
+                                "apply).", name)
+
+
+def _print_record(record: dict, voc_metric: str) -> None:
+    if "coco" in record:
+        print(eval_outputs.format_coco_table(record), flush=True)
+        print(f"VOC mAP@0.5 ({voc_metric}): VOC07 {record['mAP_VOC07']}, "
+              f"VOC12 {record['mAP_VOC12']}", flush=True)
+    else:
+        print(eval_outputs.format_ap_table(record), flush=True)
 
 
 def _default_eval_dir() -> str:
+    if FLAGS.model_path:
+        path = FLAGS.model_path.rstrip("/") or "."
+        return os.path.join(os.path.dirname(path) or ".", f"eval_{FLAGS.dataset_split_name}")
     path = FLAGS.checkpoint_path.rstrip("/") or "."
     base = path if (os.path.isdir(path) or FLAGS.wait_for_checkpoints) else os.path.dirname(path)
     return os.path.join(base or ".", f"eval_{FLAGS.dataset_split_name}")
@@ -159,6 +194,8 @@ def main(argv: list[str]) -> int:
     _check_flags()
     devices.configure_devices(num_threads=FLAGS.num_threads,
                               gpu_memory_fraction=FLAGS.gpu_memory_fraction)
+    if FLAGS.model_path:
+        return _evaluate_exported()
     try:
         nets_factory.get_network(FLAGS.model_name)
         preprocess_fn = preprocessing_factory.get_preprocessing(
@@ -184,12 +221,7 @@ def main(argv: list[str]) -> int:
         dtype_policy=devices.dtype_policy(FLAGS.mixed_precision))
 
     def report(record: dict) -> None:
-        if "coco" in record:
-            print(eval_outputs.format_coco_table(record), flush=True)
-            print(f"VOC mAP@0.5 ({evaluator.voc_metric}): VOC07 {record['mAP_VOC07']}, "
-                  f"VOC12 {record['mAP_VOC12']}", flush=True)
-        else:
-            print(eval_outputs.format_ap_table(record), flush=True)
+        _print_record(record, evaluator.voc_metric)
 
     try:
         if FLAGS.wait_for_checkpoints:
@@ -202,6 +234,50 @@ def main(argv: list[str]) -> int:
         else:
             report(evaluator.evaluate(resolve_checkpoint(FLAGS.checkpoint_path)))
             print(f"Results in {eval_dir}.", flush=True)
+    finally:
+        evaluator.close()
+    return 0
+
+
+def _evaluate_exported() -> int:
+    """--model_path: the exported model in its runtime, through the same evaluation loop."""
+    model = runtime.load(FLAGS.model_path, num_threads=FLAGS.num_threads)
+    name = model.model_name or FLAGS.preprocessing_name or FLAGS.model_name
+    overrides = {"use_moving_average": False}
+    if model.input_size is None:
+        # The model resizes inside: it gets the original images, one at a time.
+        resize = Resize.NONE
+        if FLAGS.batch_size != 1:
+            logging.info("%s takes images of any size: evaluating one image per call.",
+                         FLAGS.model_path)
+        overrides["batch_size"] = 1
+    else:
+        resize = Resize.WARP_RESIZE
+    settings = model.metadata.get("postprocess") or {}
+    for key in ("select_threshold", "nms_threshold", "select_top_k", "keep_top_k"):
+        if key in settings:
+            overrides[key] = settings[key]
+    try:
+        preprocess_fn = preprocessing_factory.get_preprocessing(name, is_training=False,
+                                                               resize=resize)
+        config = config_from_flags(evaluation.EvalConfig, **overrides)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    spec = dataset_factory.get_dataset(FLAGS.dataset_name, FLAGS.dataset_split_name,
+                                       FLAGS.dataset_dir, file_pattern=FLAGS.file_pattern,
+                                       labels_file=FLAGS.labels_file)
+    if not spec.files():
+        raise FileNotFoundError(f"--dataset_dir={FLAGS.dataset_dir}: no TFRecord files match "
+                                f"{' or '.join(spec.file_patterns)}")
+    eval_dir = FLAGS.eval_dir or _default_eval_dir()
+    evaluator = evaluation.CheckpointEvaluator(
+        model_name=name, dataset_spec=spec, preprocess_fn=preprocess_fn, config=config,
+        eval_dir=eval_dir, detections_dir=FLAGS.detections_dir,
+        num_parallel_calls=FLAGS.num_preprocessing_threads, num_threads=FLAGS.num_threads)
+    print(f"Evaluating {model.describe()}", flush=True)
+    try:
+        _print_record(evaluator.evaluate_model(model), evaluator.voc_metric)
+        print(f"Results in {eval_dir}.", flush=True)
     finally:
         evaluator.close()
     return 0

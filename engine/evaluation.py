@@ -216,7 +216,7 @@ _COCO_BATCH_KEYS = {"coco_id": "coco_id", "iscrowd": "gt_iscrowd", "area": "gt_a
 
 def make_eval_dataset(dataset: tf.data.Dataset,
                       preprocess_fn: Callable[..., tuple],
-                      out_shape: Sequence[int],
+                      out_shape: Sequence[int] | None,
                       batch_size: int,
                       max_num_batches: int | None = None,
                       num_parallel_calls: int = tf.data.AUTOTUNE,
@@ -231,9 +231,11 @@ def make_eval_dataset(dataset: tf.data.Dataset,
     because the metrics are computed in the original image frame (a crop must not hide the
     objects it cut away).
 
-    Args (besides the obvious): ``num_threads`` caps the pipeline's thread pool (evaluation
-    beside training); ``check_size`` fails with the images' names when a batch is not
-    ``out_shape`` (``eval_resize`` NONE feeds images at their own size).
+    Args (besides the obvious): ``out_shape`` None leaves the images at their own size (an
+    exported model that takes original images, with ``eval_resize`` NONE and batch size 1);
+    ``num_threads`` caps the pipeline's thread pool (evaluation beside training);
+    ``check_size`` fails with the images' names when a batch is not ``out_shape``
+    (``eval_resize`` NONE feeds images at their own size).
 
     Returns:
       A dataset of dicts, batch dimension B (the last batch may be smaller):
@@ -243,11 +245,12 @@ def make_eval_dataset(dataset: tf.data.Dataset,
       zeros), ``num_gt`` int32 [B]; with COCO records (or any reader that gives them)
       ``coco_id`` int64 [B] (-1: none), ``gt_iscrowd`` int64 [B, G], ``gt_area`` float32 [B, G].
     """
-    out_shape = (int(out_shape[0]), int(out_shape[1]))
+    out_shape = None if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
+    image_shape = [None, None, None, 3] if out_shape is None else [None, *out_shape, 3]
 
     def rename(images: tf.Tensor, info: dict) -> dict:
         images = tf.cast(images, tf.float32)
-        if check_size:
+        if check_size and out_shape is not None:
             same = tf.reduce_all(tf.equal(tf.shape(images)[1:3], tf.constant(out_shape, tf.int32)))
             check = tf.debugging.Assert(same, [
                 f"images are not {out_shape[0]}x{out_shape[1]}, the network input: with "
@@ -257,7 +260,7 @@ def make_eval_dataset(dataset: tf.data.Dataset,
             with tf.control_dependencies([check]):
                 images = tf.identity(images)
         return {
-            "image": tf.ensure_shape(images, [None, out_shape[0], out_shape[1], 3]),
+            "image": tf.ensure_shape(images, image_shape),
             "bbox_img": tf.cast(info["bbox_img"], tf.float32),
             "shape": tf.cast(info["shape"], tf.int64),
             "filename": info["filename"],
@@ -594,11 +597,37 @@ class CheckpointEvaluator:
         if self._frozen:  # a snapshot of these weights
             self._detect_fn = make_detect_fn(self.net, self.config, frozen=True)
         logger.info("Evaluating %s (step %s, %s).", prefix, global_step, loaded)
+        return self._score(prefix, global_step, self.net.params.num_classes)
 
-        evaluator = self.evaluator_factory(self.net.params.num_classes,
+    def evaluate_model(self, model: Any) -> dict:
+        """Evaluate an exported model instead of a checkpoint: the same loop and outputs.
+
+        ``model`` is a ``deploy.runtime`` detector: ``path``, ``num_classes`` (None: the
+        dataset's), ``input_size`` ((h, w) when it takes warp-resized images, None when it takes
+        the original images, which the dataset must then deliver: ``preprocess_fn`` with
+        ``Resize.NONE`` and batch size 1) and ``eval_detect_fn``. The record's ``checkpoint`` is
+        the model's path, its ``global_step`` None.
+        """
+        num_classes = int(model.num_classes or self.dataset_spec.num_classes)
+        if num_classes < self.dataset_spec.num_classes:
+            raise SettingsError(f"{model.path}: the model has {num_classes} classes, the dataset "
+                                f"{self.dataset_spec.name} has {self.dataset_spec.num_classes} "
+                                "(with background)")
+        if self._dataset is None:
+            self._dataset = make_eval_dataset(self.dataset_spec.read(), self.preprocess_fn,
+                                              model.input_size, self.config.batch_size,
+                                              self.config.max_num_batches, self.num_parallel_calls,
+                                              num_threads=self.num_threads)
+        self._detect_fn = model.eval_detect_fn
+        logger.info("Evaluating %s.", model.path)
+        return self._score(model.path, None, num_classes)
+
+    def _score(self, prefix: str, global_step: int | None, num_classes: int) -> dict:
+        """Run the loop with ``self._detect_fn`` and write the outputs of one evaluation."""
+        evaluator = self.evaluator_factory(num_classes,
                                            self.config.matching_threshold, self.labels_to_names,
                                            box_mode=self.voc_metric)
-        coco = self._coco_evaluator() if self.metric == "coco" else None
+        coco = self._coco_evaluator(num_classes) if self.metric == "coco" else None
         keep = self.detections_dir is not None
         stats, detections = run_evaluation(self._dataset, self._detect_fn,
                                            [evaluator] + ([coco] if coco else []),
@@ -641,13 +670,13 @@ class CheckpointEvaluator:
         self.last_detections = detections
         return record
 
-    def _coco_evaluator(self) -> metrics.COCOEvaluator:
+    def _coco_evaluator(self, num_classes: int) -> metrics.COCOEvaluator:
         """A COCOEvaluator for this dataset (the annotation file is read once)."""
         path = self.config.coco_annotations_file
         if path and self._coco_annotations is None:
             self._coco_annotations = metrics.load_coco_annotations(path)
         return metrics.COCOEvaluator(
-            self.net.params.num_classes, self.labels_to_names,
+            num_classes, self.labels_to_names,
             label_to_category_id=self.label_to_category_id, box_convention=self.box_convention,
             annotations=self._coco_annotations, annotations_path=path,
             backend=self.config.coco_backend)

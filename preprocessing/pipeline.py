@@ -152,7 +152,7 @@ _COCO_INFO_KEYS = {"coco_id": "coco_id", "object/iscrowd": "iscrowd", "object/ar
 
 
 def eval_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, batch_size: int, *,
-                 out_shape: Sequence[int], max_boxes: int | None = None,
+                 out_shape: Sequence[int] | None, max_boxes: int | None = None,
                  num_parallel_calls: int = AUTOTUNE, drop_remainder: bool = False,
                  prefetch: int = AUTOTUNE) -> tf.data.Dataset:
     """The evaluation input pipeline.
@@ -162,7 +162,8 @@ def eval_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, batch_size: int, 
       preprocess_fn: ``preprocessing_factory.get_preprocessing(name, is_training=False, ...)``
         (bind ``resize=`` there; WARP_RESIZE by default).
       batch_size: examples per batch (the last batch may be smaller).
-      out_shape: (height, width) of the network input.
+      out_shape: (height, width) of the network input; None with ``Resize.NONE`` for images
+        kept at their own sizes (batch size 1 unless they are all alike).
       max_boxes: pad the ground truth to this many boxes (fixed shapes, e.g. for
         tf.distribute); default pads to the largest count in each batch. An image with more
         boxes than ``max_boxes`` raises an error naming it.
@@ -180,7 +181,7 @@ def eval_dataset(ds: tf.data.Dataset, preprocess_fn: Callable, batch_size: int, 
       have them (``datasets.tfrecords``: ``coco_id``, ``object/iscrowd``, ``object/area``),
       ``coco_id`` int64 [N], ``iscrowd`` int64 [N, G] and ``area`` float32 [N, G].
     """
-    out_shape = tuple(int(v) for v in out_shape)
+    out_shape = None if out_shape is None else tuple(int(v) for v in out_shape)
 
     def preprocess(example):
         labels = example["object/label"]
