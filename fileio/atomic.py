@@ -16,6 +16,11 @@ import shutil
 import tempfile
 from typing import IO, Any, Iterator
 
+# The process's umask, read once at import (os.umask can only be read by setting it): new files
+# get the mode open() would give them (0666 minus the umask), not mkstemp's private 0600.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
@@ -32,6 +37,11 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        try:  # An existing file keeps its mode; a new one gets open()'s default.
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_UMASK
+        os.fchmod(fd, mode)
         with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
             yield f
             f.flush()

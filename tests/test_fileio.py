@@ -33,6 +33,19 @@ def test_atomic_writes_leave_only_the_target(tmp_path):
     assert open(tmp_path / "b.bin", "rb").read() == b"\x00\x01"
 
 
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    """Not mkstemp's private 0600: label maps and metrics are shared files."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    plain, atomic_path = str(tmp_path / "plain.txt"), str(tmp_path / "atomic.txt")
+    open(plain, "w").close()
+    atomic.write_text(atomic_path, "x")
+    assert os.stat(atomic_path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+    os.chmod(atomic_path, 0o640)
+    atomic.write_text(atomic_path, "y")  # a rewrite keeps the file's mode
+    assert os.stat(atomic_path).st_mode & 0o777 == 0o640
+
+
 def test_atomic_write_error_keeps_the_old_file_and_no_temporary(tmp_path):
     path = str(tmp_path / "metrics.json")
     atomic.write_text(path, "old")
