@@ -38,10 +38,10 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         try:  # An existing file keeps its mode; a new one gets open()'s default.
-            mode = os.stat(path).st_mode & 0o7777
+            permissions = os.stat(path).st_mode & 0o7777
         except OSError:
-            mode = 0o666 & ~_UMASK
-        os.fchmod(fd, mode)
+            permissions = 0o666 & ~_UMASK
+        os.fchmod(fd, permissions)
         with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
             yield f
             f.flush()
