@@ -23,12 +23,9 @@ QUICK_MIN_MAP = 0.2  # > 60x chance; measured 0.43
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("demo")
-    out, data = str(base / "out"), str(base / "data")
-    proc = run_script("demo.py", "--quick", f"--output_dir={out}", f"--data_dir={data}",
-                      cwd=str(base), timeout=900)
-    return proc, out, data
+def quick_run(quick_demo):
+    # The session's one quick demo run (tests/conftest.py), shared with tests/test_export.py.
+    return quick_demo
 
 
 def test_quick_demo_stage_outputs(quick_run):
