@@ -52,6 +52,8 @@ _XYWH_TO_YXHW = (1, 0, 3, 2)
 # Distance between the squares of two classes in the TFLite graph (normalized image units):
 # boxes up to 1.5 images beyond the image, or 3 images tall, stay in their square.
 CLASS_SPACING = 4.0
+# Fixed-point precision of the TFLite graph's anchor table (anchor_table).
+ANCHOR_BITS = 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,28 +83,32 @@ class PostprocessSettings:
 
 
 def class_grid(num_classes: int) -> int:
-    """Side of the square grid that lays the classes out for :func:`tflite_anchors`."""
+    """Side of the square grid that lays the classes out (:func:`class_offsets`)."""
     return max(1, math.ceil(math.sqrt(num_classes - 1)))
 
 
-def tflite_anchors(anchors: np.ndarray, num_classes: int) -> np.ndarray:
-    """The anchors of TFLite's post-process op: for each foreground class (class-major), every
-    anchor as ``(y, x, h, w)`` centre and size, moved by the class's offset
-    ``(row, column) * CLASS_SPACING`` on a square grid of :func:`class_grid` side.
-
-    float32 [(num_classes - 1) * A, 4]. Boxes decoded from them fall in their class's square,
-    so the op's class-agnostic NMS never lets a box of one class suppress another's.
-    """
-    num_fg = int(num_classes) - 1
+def class_offsets(num_classes: int) -> np.ndarray:
+    """float32 [num_classes - 1, 2]: the ``(y, x)`` offset of each foreground class's square in
+    the TFLite graph: ``(row, column) * CLASS_SPACING`` on a grid of :func:`class_grid` side."""
     grid = class_grid(num_classes)
+    classes = np.arange(int(num_classes) - 1)
+    return (np.stack([classes // grid, classes % grid], axis=-1) * CLASS_SPACING).astype(np.float32)
+
+
+def anchor_table(anchors: np.ndarray) -> np.ndarray:
+    """The anchors as TFLite's post-process op reads them, ``(y, x, h, w)`` centre and size, in
+    int32 units of ``2**-ANCHOR_BITS``.
+
+    Stored as integers, the table is left alone by float16 conversion (which rounds every float
+    constant to 11 bits) and by int8 quantization; the graph gathers the candidates' rows, adds
+    their class offsets (integers too) and scales them back: within float32 rounding of the
+    result (a float32 anchor in [0.5, 1) is a multiple of 2**-24 already).
+    """
     centre = np.stack([np.asarray(t, np.float64) for t in tfe_boxes.to_center(
-        tf.constant(anchors, tf.float64))], axis=-1)  # (cy, cx, h, w)
-    classes = np.arange(num_fg)
-    offsets = np.stack([classes // grid, classes % grid], axis=-1) * CLASS_SPACING  # [C-1, 2]
-    moved = np.repeat(centre[np.newaxis], num_fg, axis=0)  # [C-1, A, 4]
-    moved[:, :, 0] += offsets[:, np.newaxis, 0]
-    moved[:, :, 1] += offsets[:, np.newaxis, 1]
-    return moved.reshape(-1, 4).astype(np.float32)
+        tf.constant(anchors, tf.float32))], axis=-1)  # (cy, cx, h, w)
+    if np.abs(centre).max() >= 2.0 ** (31 - ANCHOR_BITS):
+        raise ValueError("anchors too large for the int32 anchor table")
+    return np.rint(centre * 2.0 ** ANCHOR_BITS).astype(np.int32)
 
 
 def tflite_postprocess_attributes(settings: PostprocessSettings,
@@ -114,17 +120,17 @@ def tflite_postprocess_attributes(settings: PostprocessSettings,
     ai-edge-litert release up to 2.3.0) never processes class ``num_threads`` when the
     interpreter runs with 2 <= num_threads < num_classes (its shared column counter is
     pre-incremented past that class), so a model would lose a class depending on the
-    application's thread count. The graph instead gives the op one candidate per (class,
-    anchor), each class's anchors moved to their own square of the plane
-    (:func:`tflite_anchors`), with one score column (``num_classes`` 1): the op's single-threaded
-    "fast" NMS over them is then exactly per-class greedy NMS (boxes of different classes
-    never overlap), its first ``max_detections`` survivors in score order are the best
-    ``keep_top_k`` of the image, and its stable sort over the class-major candidates breaks
-    ties by class then anchor, as :func:`tf_extended.postprocess.detected_bboxes` does.
+    application's thread count. The graph instead gives the op the ``select_top_k`` best
+    anchors of each class as candidates, class-major, each with its class's anchor moved to
+    the class's own square of the plane (:func:`class_offsets`), under one score column
+    (``num_classes`` 1): the op's single-threaded "fast" NMS over them is then exactly
+    per-class greedy NMS (boxes of different classes never overlap), its first
+    ``max_detections`` survivors in score order are the best ``keep_top_k`` of the image, and
+    its stable sort over the class-major candidates breaks ties by class then anchor, as
+    :func:`tf_extended.postprocess.detected_bboxes` does.
 
     * ``nms_score_threshold``: the op keeps scores ``>=`` it, ours ``>`` ``select_threshold``:
-      the next float32 above it. The per-class top-k pre-selection (``select_top_k``) has no
-      attribute: the graph zeroes the other scores (:func:`tf_extended.postprocess.top_k_per_class`).
+      the next float32 above it.
     * ``y_scale, x_scale, h_scale, w_scale``: the op decodes ``y / y_scale * anchor_h +
       anchor_y`` ...; ours multiplies by Caffe's prior variances ``(x, y, w, h)``: their inverses.
     """
@@ -306,19 +312,29 @@ class DetectorGraph:
 
         The caller resizes (the eval warp resize: :func:`make_tflite_input_fn`); the graph runs
         the rest of the eval preprocessing (the means), the net, the per-class top-k
-        pre-selection, and a placeholder function whose ``experimental_implements`` the
-        converter replaces by the fused op (:func:`tflite_postprocess_attributes`). Its inputs:
-        box encodings in TFLite's ``(y, x, h, w)`` order (ours are Caffe's ``(x, y, w, h)``),
-        class scores with the background in column 0, anchors as ``(y, x, h, w)`` centres and
-        sizes. Outputs (the OD API's TFLite SSD convention): boxes [1, K, 4] ``(ymin, xmin,
-        ymax, xmax)`` normalized to the net input (= the original image for the warp resize),
-        not clipped; classes [1, K] 0-based float (our id - 1); scores [1, K]; count [1].
+        pre-selection (``select_top_k`` candidates per class, gathered), and a placeholder
+        function whose ``experimental_implements`` the converter replaces by the fused op
+        (:func:`tflite_postprocess_attributes`). Its inputs: the candidates' box encodings in
+        TFLite's ``(y, x, h, w)`` order (ours are Caffe's ``(x, y, w, h)``), their scores (one
+        column), their anchors as ``(y, x, h, w)`` centres and sizes moved to their class's
+        square (:func:`class_offsets`, from the integer :func:`anchor_table`). After the op the
+        square gives the class back and the boxes move home. Outputs (the OD API's TFLite SSD
+        convention and order): boxes [1, K, 4] ``(ymin, xmin, ymax, xmax)`` normalized to the
+        net input (= the original image for the warp resize), not clipped; classes [1, K]
+        0-based float (our id - 1); scores [1, K]; count [1]; rows past the count are zeros.
         """
         attributes = tflite_postprocess_attributes(self.settings, self.prior_scaling)
-        anchors = tflite_anchors(self.anchors, self.num_classes)
+        table = anchor_table(self.anchors)
         grid = class_grid(self.num_classes)
         num_fg = self.num_classes - 1
-        top_k = int(self.settings.select_top_k)
+        top_k = min(int(self.settings.select_top_k), self.num_anchors)
+        # Each candidate's class offset, class-major, in the table's units: [num_fg * top_k, 4]
+        # (y, x, 0, 0). Integers too: only the scale 2**-ANCHOR_BITS (exact in float16) is float.
+        offsets = np.repeat(np.pad(class_offsets(self.num_classes), [[0, 0], [0, 2]]), top_k,
+                            axis=0).astype(np.int64) * 2 ** ANCHOR_BITS
+        if np.abs(offsets).max() + np.abs(table).max() >= 2 ** 31:
+            raise ValueError(f"{self.num_classes} classes are too many for the TFLite graph")
+        offsets = offsets.astype(np.int32)
 
         @tf.function(experimental_implements=implements_signature(TFLITE_POSTPROCESS_OP,
                                                                   attributes))
@@ -336,14 +352,16 @@ class DetectorGraph:
             net_input, _, _, _ = self._at_size_fn(images[0], tf.zeros([0], tf.int64),
                                                   tf.zeros([0, 4], tf.float32), self.img_shape)
             flat = self._flat(net_input[tf.newaxis])
-            scores = flat["predictions"][:, :, 1:]
-            if top_k < self.num_anchors:
-                scores = postprocess.top_k_per_class(scores, top_k)
-            # One candidate per (class, anchor), class-major: the box of anchor a for class c.
-            scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [1, num_fg * self.num_anchors, 1])
-            encodings = tf.gather(flat["localisations"], _XYWH_TO_YXHW, axis=-1)
-            encodings = tf.tile(encodings, [1, num_fg, 1])
-            boxes, _, det_scores, count = fused_postprocess(encodings, scores, tf.constant(anchors))
+            # The select_top_k best anchors of each class (top_k: equal scores, lower anchor
+            # first), one candidate each, class-major: [num_fg * top_k].
+            best = tf.math.top_k(tf.transpose(flat["predictions"][0, :, 1:]), k=top_k)
+            index = tf.reshape(best.indices, [-1])
+            scores = tf.reshape(best.values, [1, num_fg * top_k, 1])
+            encodings = tf.gather(flat["localisations"][0], index)
+            encodings = tf.gather(encodings, _XYWH_TO_YXHW, axis=-1)[tf.newaxis]
+            anchors = tf.gather(tf.constant(table), index) + tf.constant(offsets)
+            anchors = tf.cast(anchors, tf.float32) * (2.0 ** -ANCHOR_BITS)
+            boxes, _, det_scores, count = fused_postprocess(encodings, scores, anchors)
             # Each class's boxes were decoded in their own square of the plane: the square
             # gives the class, and moving it back gives the box.
             centre = (boxes[:, :, 0:2] + boxes[:, :, 2:4]) * 0.5  # (cy, cx) [1, K, 2]

@@ -22,8 +22,7 @@ from tensorflow.lite.python import convert as lite_convert
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from deploy.graph import (TFLITE_OUTPUT_KEYS, TFLITE_POSTPROCESS_OP, DetectorGraph,
-                          tflite_anchors)
+from deploy.graph import TFLITE_OUTPUT_KEYS, TFLITE_POSTPROCESS_OP, DetectorGraph
 
 QUANTIZATIONS = ("none", "float16", "int8")
 METADATA_NAME = "ssd_tf2_export"
@@ -92,8 +91,8 @@ def convert(graph: DetectorGraph, quantization: str, work_dir: str, *,
         converter.representative_dataset = dataset
     try:
         if quantization == "int8":
-            # Calibrate, then quantize everything but the graph after the post-process op: its
-            # float outputs (boxes moved by their class offsets, up to tens of units) must not
+            # Calibrate, then quantize everything but the anchors of the post-process op and the
+            # graph after it: boxes moved by their class offsets (up to tens of units) must not
             # go through int8. The converter's own int8 path is these two steps without the
             # denylist (TFLiteConverter._quantize).
             converter._experimental_calibrate_only = True  # pylint: disable=protected-access
@@ -102,7 +101,7 @@ def convert(graph: DetectorGraph, quantization: str, work_dir: str, *,
                 calibrated = converter.convert()
             data = lite_convert.mlir_quantize(
                 calibrated, converter._experimental_disable_per_channel,  # pylint: disable=protected-access
-                denylisted_nodes=_after_postprocess(calibrated))
+                denylisted_nodes=_kept_float(calibrated))
         else:
             data = converter.convert()
     except TFLiteConversionError:
@@ -110,7 +109,7 @@ def convert(graph: DetectorGraph, quantization: str, work_dir: str, *,
     except Exception as err:  # The converter's errors are long MLIR dumps: keep the gist.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TFLiteConversionError(f"TFLite conversion ({quantization}) failed: {first}") from err
-    return finish(data, metadata or {}, anchors=tflite_anchors(graph.anchors, graph.num_classes))
+    return finish(data, metadata or {})
 
 
 def check_ops(model: Any) -> list[str]:
@@ -141,68 +140,55 @@ def _postprocess_op(model: Any) -> Any:
     raise TFLiteConversionError(f"the converter did not fuse {TFLITE_POSTPROCESS_OP}")
 
 
-def _after_postprocess(data: bytes) -> list[str]:
-    """Names of the tensors computed from the post-process op's outputs (the ops to keep float)."""
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+def _float_paths(model: Any) -> list[int]:
+    """Tensor indices that must stay float32: the post-process op's anchors and the float
+    tensors they are computed from (back to integer or constant tensors), and every tensor
+    computed from the op's outputs."""
     subgraph = model.subgraphs[0]
-    reached = {int(t) for t in _postprocess_op(model).outputs}
-    names = []
-    for op in subgraph.operators:  # Operators are stored in execution order.
-        if any(int(t) in reached for t in op.inputs):
-            for t in op.outputs:
+    producer = {int(t): op for op in subgraph.operators for t in op.outputs}
+    op = _postprocess_op(model)
+    kept: list[int] = []
+    pending = [int(op.inputs[2])]
+    while pending:
+        t = pending.pop()
+        if t in kept or t not in producer or \
+                subgraph.tensors[t].type != schema_fb.TensorType.FLOAT32:
+            continue
+        kept.append(t)
+        pending.extend(int(i) for i in producer[t].inputs if int(i) >= 0)
+    reached = {int(t) for t in op.outputs}
+    for later in subgraph.operators:  # Operators are stored in execution order.
+        if any(int(t) in reached for t in later.inputs):
+            for t in later.outputs:
                 reached.add(int(t))
-                name = subgraph.tensors[int(t)].name
-                names.append(name.decode() if isinstance(name, bytes) else str(name))
+                kept.append(int(t))
+    return kept
+
+
+def _kept_float(data: bytes) -> list[str]:
+    """Names of the tensors of :func:`_float_paths` (the int8 quantizer's denylist)."""
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    names = []
+    for t in _float_paths(model):
+        name = model.subgraphs[0].tensors[t].name
+        names.append(name.decode() if isinstance(name, bytes) else str(name))
     return names
 
 
-def _exact_anchors(model: Any, anchors: np.ndarray) -> None:
-    """Feed the post-process op float32 anchors, as computed.
-
-    float16 conversion stores every large float constant as float16 (and adds a DEQUANTIZE),
-    the anchors too: their class offsets (up to tens of units) would lose the boxes' precision.
-    The op reads them as given: a float32 constant is exact, costs nothing at run time, and the
-    now unused DEQUANTIZE goes.
-    """
-    subgraph = model.subgraphs[0]
-    op = _postprocess_op(model)
-    old = int(op.inputs[2])
-    buffer = schema_fb.BufferT()
-    buffer.data = np.frombuffer(np.ascontiguousarray(anchors, np.float32).tobytes(), np.uint8)
-    model.buffers.append(buffer)
-    tensor = schema_fb.TensorT()
-    tensor.shape = np.array(anchors.shape, np.int32)
-    tensor.type = schema_fb.TensorType.FLOAT32
-    tensor.buffer = len(model.buffers) - 1
-    tensor.name = b"anchors"
-    subgraph.tensors.append(tensor)
-    inputs = np.array(op.inputs, np.int32)
-    inputs[2] = len(subgraph.tensors) - 1
-    op.inputs = inputs
-    used = {int(i) for o in subgraph.operators for i in o.inputs} | {int(i) for i in subgraph.outputs}
-    if old not in used:
-        subgraph.operators = [o for o in subgraph.operators
-                              if not any(int(t) == old for t in o.outputs)]
-
-
-def finish(data: bytes, metadata: Mapping[str, Any], anchors: Optional[np.ndarray] = None) -> bytes:
-    """Outputs in the OD API order and names, exact anchors, metadata stored, ops checked."""
+def finish(data: bytes, metadata: Mapping[str, Any]) -> bytes:
+    """Outputs in the OD API order and names, metadata stored, ops and precision checked."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     check_ops(model)
-    if anchors is not None:
-        _exact_anchors(model, anchors)
     subgraph = model.subgraphs[0]
-    # The boxes after the op must stay float (see convert): a quantized tensor there is a bug.
-    reached = {int(t) for t in _postprocess_op(model).outputs}
-    for op in subgraph.operators:
-        if any(int(t) in reached for t in op.inputs):
-            for t in op.outputs:
-                reached.add(int(t))
-                if subgraph.tensors[int(t)].type != schema_fb.TensorType.FLOAT32 and \
-                        subgraph.tensors[int(t)].type != schema_fb.TensorType.BOOL and \
-                        subgraph.tensors[int(t)].type != schema_fb.TensorType.INT32:
-                    raise TFLiteConversionError("the graph after the post-process op was "
-                                                "quantized; its boxes would lose their precision")
+    # The anchors and the boxes after the op are float32 (see convert): anything else would
+    # lose the boxes' precision.
+    op = _postprocess_op(model)
+    if subgraph.tensors[int(op.inputs[2])].type != schema_fb.TensorType.FLOAT32 or any(
+            subgraph.tensors[t].type in (schema_fb.TensorType.INT8, schema_fb.TensorType.UINT8,
+                                         schema_fb.TensorType.FLOAT16)
+            for t in _float_paths(model)):
+        raise TFLiteConversionError("the anchors or the graph after the post-process op were "
+                                    "quantized; the boxes would lose their precision")
     signature = model.signatureDefs[0]
     by_name = {(o.name.decode() if isinstance(o.name, bytes) else o.name): o
                for o in signature.outputs}

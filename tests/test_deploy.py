@@ -11,8 +11,9 @@ from google.protobuf import text_format
 from tensorflow.core.framework import attr_value_pb2
 
 from deploy import export, runtime, tflite
-from deploy.graph import (CLASS_SPACING, TFLITE_POSTPROCESS_OP, PostprocessSettings, class_grid,
-                          implements_signature, tflite_anchors, tflite_postprocess_attributes)
+from deploy.graph import (ANCHOR_BITS, CLASS_SPACING, TFLITE_POSTPROCESS_OP, PostprocessSettings,
+                          anchor_table, class_grid, class_offsets, implements_signature,
+                          tflite_postprocess_attributes)
 from tf_extended import boxes as tfe_boxes
 
 
@@ -46,30 +47,33 @@ def test_implements_signature_is_a_name_attr_list_proto():
         implements_signature("x", {"bad": "text"})
 
 
-def test_tflite_anchors_put_each_class_in_its_own_square():
+def test_tflite_anchors_and_class_squares():
     anchors = np.array([[0.1, 0.2, 0.5, 0.4], [-0.3, -0.1, 1.2, 1.1]], np.float32)
-    num_classes = 6  # 5 foreground classes on a 3x3 grid
-    assert class_grid(num_classes) == 3
-    moved = tflite_anchors(anchors, num_classes)
-    assert moved.shape == (5 * 2, 4) and moved.dtype == np.float32
+    table = anchor_table(anchors)
+    assert table.dtype == np.int32  # integers: no float16 / int8 rounding in the converters
     cy, cx, h, w = (t.numpy() for t in tfe_boxes.to_center(tf.constant(anchors)))
-    for c in range(5):
-        row, col = divmod(c, 3)
-        block = moved[c * 2:(c + 1) * 2]  # class-major
-        np.testing.assert_allclose(block[:, 0], cy + row * CLASS_SPACING, atol=1e-6)
-        np.testing.assert_allclose(block[:, 1], cx + col * CLASS_SPACING, atol=1e-6)
-        np.testing.assert_array_equal(block[:, 2:], np.stack([h, w], -1))
-    # A box decoded from any class's anchor, as large as 3 images, overlaps no other class's.
-    spans = []
-    for c in range(5):
-        row, col = divmod(c, 3)
-        lo_y, hi_y = row * CLASS_SPACING - 1.0, row * CLASS_SPACING + 2.0
-        lo_x, hi_x = col * CLASS_SPACING - 1.0, col * CLASS_SPACING + 2.0
-        spans.append((lo_y, lo_x, hi_y, hi_x))
+    np.testing.assert_allclose(table * 2.0 ** -ANCHOR_BITS, np.stack([cy, cx, h, w], -1),
+                               rtol=0, atol=2.0 ** -(ANCHOR_BITS + 1))
+    # 2**-ANCHOR_BITS must stay exact in float16 (float16 conversion rounds that scale).
+    assert float(np.float16(2.0 ** -ANCHOR_BITS)) == 2.0 ** -ANCHOR_BITS
+    num_classes = 6  # 5 foreground classes on a 3x3 grid
+    assert class_grid(num_classes) == 3 and class_grid(81) == 9 and class_grid(2) == 1
+    offsets = class_offsets(num_classes)
+    np.testing.assert_array_equal(offsets, np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1]])
+                                  * CLASS_SPACING)
+    # A box of any class, up to 1.5 images out of the image or 3 images tall, stays in its
+    # class's square: boxes of two classes never overlap, and the square gives the class back
+    # (the graph's floor((centre + spacing/2 - 0.5) / spacing)).
+    spans = [(oy - 1.5, ox - 1.5, oy + 2.5, ox + 2.5) for oy, ox in offsets]
     for i in range(5):
         for j in range(i + 1, 5):
             a, b = spans[i], spans[j]
             assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+    for (oy, ox), c in zip(offsets, range(5)):
+        for centre in (-1.49, 0.0, 0.5, 1.0, 2.49):
+            square = np.floor((np.array([oy, ox]) + centre + (0.5 * CLASS_SPACING - 0.5))
+                              / CLASS_SPACING)
+            assert square[0] * 3 + square[1] == c
 
 
 def test_settings_are_checked():
