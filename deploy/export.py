@@ -213,7 +213,7 @@ def export(net: Any, output_dir: str, formats: Sequence[str], *,
             tf.saved_model.save(module, os.path.join(stage, SAVED_MODEL_DIR), signatures=signatures)
             entries["saved_model"] = {"path": SAVED_MODEL_DIR, "signatures": {
                 SERVING_SIGNATURE: "images: string [N], encoded JPEG/PNG/GIF/BMP",
-                IMAGES_SIGNATURE: "images: uint8 [N, H, W, 3] RGB"},
+                IMAGES_SIGNATURE: "images: uint8 [N, H, W, 3] RGB (one size per call)"},
                 "outputs": list(OUTPUT_KEYS) + [CLASS_NAMES_KEY]}
             written.append(("saved_model", SAVED_MODEL_DIR, None))
         if "tflite" in formats:
@@ -238,7 +238,7 @@ def export(net: Any, output_dir: str, formats: Sequence[str], *,
         if "onnx" in formats:
             say("ONNX")
             info = {"path": onnx_export.FILE_NAME, "opset": onnx_export.OPSET,
-                    "input": "images: uint8 [N, H, W, 3] RGB", "outputs": list(OUTPUT_KEYS)}
+                    "input": "images: uint8 [1, H, W, 3] RGB", "outputs": list(OUTPUT_KEYS)}
             data = onnx_export.convert(graph, {**description, "format": "onnx", **info})
             atomic.write_bytes(os.path.join(stage, onnx_export.FILE_NAME), data)
             entries["onnx"] = info

@@ -294,13 +294,18 @@ class DetectorGraph:
     # -- ONNX ------------------------------------------------------------------------------
 
     def onnx_function(self) -> tf.types.experimental.GenericFunction:
-        """``images`` uint8 [N, H, W, 3] RGB (any H, W) -> :data:`OUTPUT_KEYS`, for tf2onnx."""
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
+        """``images`` uint8 [1, H, W, 3] RGB (any H, W) -> :data:`OUTPUT_KEYS`, for tf2onnx.
+
+        One image per call: a batch dimension would need a loop over the images (their
+        preprocessing is per image), which tf2onnx writes as an ONNX ``Loop`` that OpenVINO
+        cannot read; the images of a batch would have to share one size anyway.
+        """
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8,
                                                     name=INPUT_NAME)])
         def detect(images):
-            net_input, bbox_img = self._preprocess_batch(images)
-            return self.detect_preprocessed(net_input, bbox_img, shared_boxes=True,
-                                            with_names=False)
+            net_input, bbox_img = self._preprocess(images[0])
+            return self.detect_preprocessed(net_input[tf.newaxis], bbox_img[tf.newaxis],
+                                            shared_boxes=True, with_names=False)
 
         return detect
 

@@ -1,9 +1,9 @@
 """The ONNX file: :meth:`deploy.graph.DetectorGraph.onnx_function` through tf2onnx.
 
 tf2onnx (pinned in requirements.txt; 1.17.0 converts TensorFlow 2.21 graphs) turns the
-eval preprocessing (a ``Loop`` over the images with ``Resize``), the net, and the NMS written
+eval preprocessing (``Resize``; one image per call, any size), the net, and the NMS written
 with one box per anchor (``combined_non_max_suppression`` over shared boxes) into ONNX ops,
-the NMS into ONNX's own ``NonMaxSuppression``. The export's metadata JSON is stored in the
+the NMS into ONNX's own ``NonMaxSuppression``. The model runs in ONNX Runtime and OpenVINO. The export's metadata JSON is stored in the
 model's ``metadata_props`` under :data:`METADATA_KEY`.
 """
 from __future__ import annotations

@@ -87,7 +87,7 @@ def load(path: str, num_threads: Optional[int] = None) -> "ExportedDetector":
     return cls(path, num_threads=num_threads)
 
 
-def _as_detections(boxes, scores, classes, counts) -> dict[str, np.ndarray]:
+def as_detections(boxes, scores, classes, counts) -> dict[str, np.ndarray]:
     """OD API outputs -> the project's detection dict (int classes, padding rows zeroed)."""
     boxes = np.asarray(boxes, np.float32)
     scores = np.asarray(scores, np.float32)
@@ -113,10 +113,10 @@ def keep_above(det: Mapping[str, np.ndarray], min_score: float) -> dict[str, np.
     """Only the detections scoring above ``min_score`` (rows are sorted by score, so the
     count shrinks and the rest becomes padding)."""
     counts = np.minimum(det["num_detections"], (det["scores"] > min_score).sum(axis=1))
-    return _as_detections(det["boxes"], det["scores"], det["classes"], counts)
+    return as_detections(det["boxes"], det["scores"], det["classes"], counts)
 
 
-def _concat(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def concat_detections(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -240,11 +240,11 @@ class SavedModelDetector(ExportedDetector):
         parts = []
         for image in images:
             out = self._fn(**{INPUT_NAME: tf.constant(image[np.newaxis])})
-            parts.append(_as_detections(out["detection_boxes"].numpy(),
+            parts.append(as_detections(out["detection_boxes"].numpy(),
                                         out["detection_scores"].numpy(),
                                         out["detection_classes"].numpy(),
                                         out["num_detections"].numpy()))
-        return _concat(parts)
+        return concat_detections(parts)
 
 
 class TFLiteDetector(ExportedDetector):
@@ -277,8 +277,8 @@ class TFLiteDetector(ExportedDetector):
             out = self._runner(**{INPUT_NAME: x[np.newaxis]})
             boxes, classes, scores, count = (out[k] for k in TFLITE_OUTPUT_KEYS)
             # TFLite's post-process op numbers the classes from 0 (our id - 1).
-            parts.append(_as_detections(boxes, scores, classes + 1.0, count))
-        return _concat(parts)
+            parts.append(as_detections(boxes, scores, classes + 1.0, count))
+        return concat_detections(parts)
 
 
 class ONNXDetector(ExportedDetector):
@@ -308,6 +308,6 @@ class ONNXDetector(ExportedDetector):
         for image in images:
             values = dict(zip(self._outputs,
                               self._session.run(None, {INPUT_NAME: image[np.newaxis]})))
-            parts.append(_as_detections(values["detection_boxes"], values["detection_scores"],
+            parts.append(as_detections(values["detection_boxes"], values["detection_scores"],
                                         values["detection_classes"], values["num_detections"]))
-        return _concat(parts)
+        return concat_detections(parts)
