@@ -154,3 +154,48 @@ def test_exported_paths_are_recognised(tmp_path):
     # A truncated file is one clear error, not a crash.
     with pytest.raises(runtime.ExportedModelError, match="m.tflite"):
         runtime.load(str(tmp_path / "m.tflite"))
+
+
+@pytest.mark.slow  # converts a TFLite model
+def test_litert_threaded_regular_nms_drops_a_class(tmp_path):
+    """Why the TFLite export does not use the post-process op's per-class ("regular") NMS:
+    LiteRT's multi-threaded version never processes the class whose index equals the thread
+    count (ai-edge-litert 2.0.3 .. 2.3.0). If this test fails, a LiteRT update fixed it and
+    deploy.graph.tflite_postprocess_attributes may use the regular NMS again."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    num_fg, per_class = 4, 3
+    attrs = {"max_detections": 20, "max_classes_per_detection": 1, "detections_per_class": 20,
+             "use_regular_nms": True, "nms_score_threshold": 0.1, "nms_iou_threshold": 0.5,
+             "y_scale": 10.0, "x_scale": 10.0, "h_scale": 5.0, "w_scale": 5.0,
+             "num_classes": num_fg}
+    num = num_fg * per_class
+    # Disjoint anchors; anchor a is class a // per_class's, scored 0.9.
+    anchors = np.array([[0.05 + 0.08 * a, 0.5, 0.05, 0.05] for a in range(num)], np.float32)
+    scores = np.zeros([1, num, num_fg + 1], np.float32)
+    for a in range(num):
+        scores[0, a, 1 + a // per_class] = 0.9
+
+    @tf.function(experimental_implements=implements_signature(TFLITE_POSTPROCESS_OP, attrs))
+    def fused(box_encodings, class_predictions, anchor_boxes):
+        return tf.zeros([1, 20, 4]), tf.zeros([1, 20]), tf.zeros([1, 20]), tf.zeros([1])
+
+    @tf.function(input_signature=[tf.TensorSpec([1, num, num_fg + 1], tf.float32)])
+    def model(class_predictions):
+        boxes, classes, det_scores, count = fused(tf.zeros([1, num, 4]), class_predictions,
+                                                  tf.constant(anchors))
+        return {"classes": classes, "count": count}
+
+    module = tf.Module()
+    module.f = model
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures=model.get_concrete_function())
+    data = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm")).convert()
+
+    def found(threads):
+        run = Interpreter(model_content=data, num_threads=threads).get_signature_runner()
+        out = run(class_predictions=scores)
+        return sorted(set(out["classes"][0, :int(out["count"][0])].astype(int).tolist()))
+
+    assert found(1) == [0, 1, 2, 3]
+    assert found(2) == [0, 1, 3]  # class 2 (= the thread count) is never processed
+    assert found(4) == [0, 1, 2, 3]
