@@ -22,6 +22,14 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def _target_mode(path: str) -> int:
+    """An existing file keeps its mode; a new one gets open()'s default."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """``with atomic_open(path) as f: f.write(...)``: ``path`` appears complete on success.
@@ -37,11 +45,7 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        try:  # An existing file keeps its mode; a new one gets open()'s default.
-            permissions = os.stat(path).st_mode & 0o7777
-        except OSError:
-            permissions = 0o666 & ~_UMASK
-        os.fchmod(fd, permissions)
+        os.fchmod(fd, _target_mode(path))
         with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
             yield f
             f.flush()
@@ -90,6 +94,7 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         if not os.path.isfile(tmp):
             raise FileNotFoundError(f"{path}: nothing was written")
+        os.chmod(tmp, _target_mode(path))  # the writer may have recreated it
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

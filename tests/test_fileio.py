@@ -166,3 +166,12 @@ def test_staging_directory_and_move_into_place(tmp_path):
         with atomic.staging_directory(dst) as stage:
             raise ValueError("conversion failed")
     assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_atomic_path_gives_new_files_the_usual_mode(tmp_path):
+    target = str(tmp_path / "clip.avi")
+    with atomic.atomic_path(target) as tmp:
+        open(tmp, "wb").write(b"x")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask
