@@ -464,6 +464,7 @@ def prior_box_layers(model, priors):
     return layers
 
 
+@pytest.mark.slow
 def test_ssd512_v1_form_legacy_shapes_and_truncated_priors(tmp_path):
     num_classes = 5
     weights = random_caffe_weights("ssd_512_vgg", num_classes, seed=2)

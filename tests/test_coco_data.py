@@ -522,6 +522,7 @@ def test_script_errors_exit_codes_and_one_line(sample, tmp_path):
 # Training on COCO: crowd boxes through the pipeline, the recipe, a few steps
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_crowd_boxes_are_ignored_by_the_training_pipeline(sample):
     spec = dataset_factory.get_dataset("coco", "coco_sample_trainval", str(sample["out"]))
     params = ssd_params.ssd_160_vgg_lite_params().with_num_classes(spec.num_classes)

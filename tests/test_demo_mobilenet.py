@@ -147,6 +147,7 @@ def test_tf_slim_imagenet_checkpoint_scope(net, tmp_path):
     np.testing.assert_array_equal(twin_vars[name], values[name.replace("ssd_160_mobilenet_v2", "MobilenetV2")])
 
 
+@pytest.mark.slow
 def test_keras_imagenet_weights_file(net, tmp_path):
     """A Keras MobileNetV2 weights file (what keras.applications downloads) fills the trunk."""
     keras.utils.set_random_seed(7)

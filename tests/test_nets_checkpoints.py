@@ -101,6 +101,7 @@ def test_round_trip_gives_identical_outputs(saved):
             np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
+@pytest.mark.slow
 def test_tf1_saver_checkpoint_with_original_names_loads(tmp_path):
     """The published ssd_300_vgg.ckpt layout: written by a TF1 graph-mode Saver from the
     golden list of names and shapes, plus a global step and Momentum slots."""
@@ -149,6 +150,7 @@ def test_tf1_saver_checkpoint_with_original_names_loads(tmp_path):
     assert params.anchor_sizes[0] == (21.0, 45.0)
 
 
+@pytest.mark.slow
 def test_vgg16_checkpoint_decimated_into_conv6_conv7(tmp_path):
     rng = np.random.default_rng(5)
     net = make_net()
@@ -197,6 +199,7 @@ def test_vgg16_checkpoint_decimated_into_conv6_conv7(tmp_path):
             os.remove(path)
 
 
+@pytest.mark.slow
 def test_object_based_training_checkpoint(tmp_path):
     net = make_net(seed=3)
     step = tf.Variable(42, dtype=tf.int64)

@@ -190,6 +190,7 @@ def _run_many(fn, img, bbox, out_shape, seeds, **kwargs):
 
 
 @pytest.mark.parametrize("photometric_on", [False, True])
+@pytest.mark.slow
 def test_white_rectangle_caffe_chain_200_seeds(photometric_on):
     img, bbox = white_rectangle()
     out_shape = (48, 48)
@@ -257,6 +258,7 @@ def test_expand_fill_is_exactly_the_mean_even_with_photometric():
     assert fill_seen > 0
 
 
+@pytest.mark.slow
 def test_train_output_contract_and_determinism():
     rng = np.random.default_rng(6)
     img = rng.integers(0, 256, (60, 80, 3)).astype(np.uint8)
@@ -280,6 +282,7 @@ def test_train_output_contract_and_determinism():
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_eager_equals_tf_data_map():
     rng = np.random.default_rng(7)
     img = rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)

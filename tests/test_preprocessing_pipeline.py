@@ -81,6 +81,7 @@ def test_train_targets_are_the_encoder_of_the_preprocessed_boxes(voc_records):
         np.testing.assert_allclose(image, want, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_batched_encoding_equals_per_example(voc_records):
     _, spec = voc_records
     anchors = grid_anchors()
