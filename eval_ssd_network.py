@@ -189,6 +189,17 @@ def _default_eval_dir() -> str:
     return os.path.join(base or ".", f"eval_{FLAGS.dataset_split_name}")
 
 
+def _dataset_spec():
+    """The dataset to evaluate on, from the dataset flags; it must hold TFRecord files."""
+    spec = dataset_factory.get_dataset(FLAGS.dataset_name, FLAGS.dataset_split_name,
+                                       FLAGS.dataset_dir, file_pattern=FLAGS.file_pattern,
+                                       labels_file=FLAGS.labels_file)
+    if not spec.files():
+        raise FileNotFoundError(f"--dataset_dir={FLAGS.dataset_dir}: no TFRecord files match "
+                                f"{' or '.join(spec.file_patterns)}")
+    return spec
+
+
 def main(argv: list[str]) -> int:
     """Turn the flags into library calls; returns the exit code."""
     _check_flags()
@@ -205,12 +216,7 @@ def main(argv: list[str]) -> int:
                                    use_moving_average=FLAGS.moving_average_decay is not None)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
-    spec = dataset_factory.get_dataset(FLAGS.dataset_name, FLAGS.dataset_split_name,
-                                       FLAGS.dataset_dir, file_pattern=FLAGS.file_pattern,
-                                       labels_file=FLAGS.labels_file)
-    if not spec.files():
-        raise FileNotFoundError(f"--dataset_dir={FLAGS.dataset_dir}: no TFRecord files match "
-                                f"{' or '.join(spec.file_patterns)}")
+    spec = _dataset_spec()
     eval_dir = FLAGS.eval_dir or _default_eval_dir()
     evaluator = evaluation.CheckpointEvaluator(
         model_name=FLAGS.model_name, dataset_spec=spec, preprocess_fn=preprocess_fn,
@@ -263,12 +269,7 @@ def _evaluate_exported() -> int:
         config = config_from_flags(evaluation.EvalConfig, **overrides)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
-    spec = dataset_factory.get_dataset(FLAGS.dataset_name, FLAGS.dataset_split_name,
-                                       FLAGS.dataset_dir, file_pattern=FLAGS.file_pattern,
-                                       labels_file=FLAGS.labels_file)
-    if not spec.files():
-        raise FileNotFoundError(f"--dataset_dir={FLAGS.dataset_dir}: no TFRecord files match "
-                                f"{' or '.join(spec.file_patterns)}")
+    spec = _dataset_spec()
     eval_dir = FLAGS.eval_dir or _default_eval_dir()
     evaluator = evaluation.CheckpointEvaluator(
         model_name=name, dataset_spec=spec, preprocess_fn=preprocess_fn, config=config,

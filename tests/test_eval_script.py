@@ -19,6 +19,7 @@ import tensorflow as tf
 from engine import eval_outputs as eo
 from engine import evaluation as ev
 from tests import references
+from tests.scripts import run_script, script_env
 from tests.test_eval_reference import plant_ssd, reference_voc, softmax_score
 from tf_extended import metrics
 
@@ -38,16 +39,8 @@ LABELS = [1, 2, 3, 1]
 LOGITS = [10.0, 9.0, 8.0, 7.0]
 
 
-def _env():
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
-
-
 def _run(args, timeout=300):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script("eval_ssd_network.py", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +253,7 @@ def test_wait_for_checkpoints_evaluates_new_ones_then_times_out(data, tmp_path):
         [sys.executable, SCRIPT, *flags, f"--checkpoint_path={train_dir}", f"--eval_dir={eval_dir}",
          "--wait_for_checkpoints", "--eval_interval_secs=0.5", "--eval_timeout=10",
          "--batch_size=4", "--max_num_batches=2", "--num_threads=2"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # 1: a TF1-named checkpoint (the original project's / exported format).
         first = plant_ssd(BOXES, LABELS, LOGITS, num_classes=4)
