@@ -42,3 +42,24 @@ def error_lines(stderr: str, script: str) -> list[str]:
     """The lines a script wrote itself on stderr (``<script>: ...``), TF's own left out."""
     name = os.path.basename(script)
     return [line for line in stderr.splitlines() if line.startswith(f"{name}:")]
+
+
+def read_summaries(folder: str) -> dict:
+    """TensorBoard summaries a run wrote in ``folder``: ``{tag: (step, Summary.Value)}``
+    (the last event of each tag); ``scalar(value)`` reads a scalar's number."""
+    import tensorflow as tf  # the runner itself needs no TensorFlow
+
+    values = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        for raw in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                values[value.tag] = (event.step, value)
+    return values
+
+
+def scalar(value) -> float:
+    """The number of a scalar ``Summary.Value`` from :func:`read_summaries`."""
+    import tensorflow as tf
+
+    return float(tf.make_ndarray(value.tensor).ravel()[0])

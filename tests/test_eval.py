@@ -22,6 +22,7 @@ from nets import checkpoints, configure, nets_factory
 from nets.configure import SettingsError
 from tests.test_eval_reference import plant_ssd, reference_voc, softmax_score
 from tf_extended import metrics
+from tests.scripts import read_summaries
 
 NAMES = {0: "background", 1: "cat", 2: "dog", 3: "bird"}
 
@@ -267,12 +268,7 @@ def test_summaries(tmp_path):
     curve = eo.PRCurve(np.array([0.9]), np.array([1]), np.array([0]), 1)
     eo.write_summaries(writer, record, 42, {"cat": curve})
     writer.close()
-    values = {}
-    for path in tf.io.gfile.glob(str(tmp_path / "events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            for value in event.summary.value:
-                values[value.tag] = (event.step, value)
+    values = read_summaries(str(tmp_path))
     assert values["AP_VOC07/mAP"][0] == 42
     assert tf.make_ndarray(values["AP_VOC07/mAP"][1].tensor) == pytest.approx(0.5)
     assert tf.make_ndarray(values["AP_VOC12/cat"][1].tensor) == pytest.approx(0.4)

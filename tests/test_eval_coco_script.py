@@ -9,11 +9,10 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from engine import eval_outputs as eo
-from tests.scripts import run_script
+from tests.scripts import read_summaries, run_script, scalar
 from tests.test_eval_reference import plant_ssd
 from tests.test_metrics_coco import _same, make_coco, pycocotools_eval
 from tf_extended import metrics
@@ -78,12 +77,8 @@ def test_coco_metric_equals_pycocotools_on_the_written_files(coco_records, tmp_p
     # The table on stdout, TensorBoard, metrics.jsonl.
     assert f"maxDets=100 ] = {block['AP']:6.3f}   AP" in result.stdout
     assert [json.loads(line) for line in open(eval_dir / "metrics.jsonl")] == [record]
-    tags = {}
-    for path in tf.io.gfile.glob(str(eval_dir / "events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            for value in event.summary.value:
-                tags[value.tag] = (event.step, float(tf.make_ndarray(value.tensor).ravel()[0]))
+    tags = {tag: (step, scalar(value))
+            for tag, (step, value) in read_summaries(str(eval_dir)).items()}
     assert tags["COCO/AP"] == (700, pytest.approx(block["AP"]))
 
     # Without the annotation file: the ground truth rebuilt from the TFRecords (written beside

@@ -19,7 +19,7 @@ import tensorflow as tf
 from engine import eval_outputs as eo
 from engine import evaluation as ev
 from tests import references
-from tests.scripts import run_script, script_env
+from tests.scripts import read_summaries, run_script, scalar, script_env
 from tests.test_eval_reference import plant_ssd, reference_voc, softmax_score
 from tf_extended import metrics
 
@@ -149,12 +149,8 @@ def test_end_to_end_metrics_devkit_and_summaries(data, tmp_path):
     assert len(coco) == 4 * len(fx.images)
 
     # TensorBoard: the mAP at the checkpoint's step.
-    tags = {}
-    for path in tf.io.gfile.glob(str(eval_dir / "events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            for value in event.summary.value:
-                tags[value.tag] = (event.step, float(tf.make_ndarray(value.tensor).ravel()[0]))
+    tags = {tag: (step, scalar(value))
+            for tag, (step, value) in read_summaries(str(eval_dir)).items()}
     assert tags["AP_VOC07/mAP"] == (500, pytest.approx(record["mAP_VOC07"], abs=1e-6))
     assert tags["AP_VOC12/mAP"][0] == 500
 

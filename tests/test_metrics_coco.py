@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from engine import eval_outputs as eo
 from tf_extended import metrics
+from tests.scripts import read_summaries, scalar
 
 CATEGORIES = [(3, "car"), (7, "train"), (12, "sign")]  # COCO-style ids with gaps
 LABEL_TO_CAT = {1: 3, 2: 7, 3: 12}
@@ -300,11 +301,6 @@ def test_record_table_and_summaries(coco_case, tmp_path):
     writer = tf.summary.create_file_writer(str(tmp_path / "tb"))
     eo.write_summaries(writer, record, 9)
     writer.close()
-    tags = {}
-    for path in tf.io.gfile.glob(str(tmp_path / "tb" / "events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            for value in event.summary.value:
-                tags[value.tag] = float(tf.make_ndarray(value.tensor).ravel()[0])
+    tags = {tag: scalar(value) for tag, (_, value) in read_summaries(str(tmp_path / "tb")).items()}
     assert tags["COCO/AP"] == pytest.approx(block["AP"]) and "COCO/AR_large" in tags
     assert tags["COCO_AP/car"] == pytest.approx(block["AP_per_class"]["car"])
