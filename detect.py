@@ -32,7 +32,6 @@ or video (each one named on its own line, without output; the others are still p
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags, logging
 
@@ -152,7 +151,7 @@ def main(argv: list[str]) -> int:
               f"({done.frames_per_second:.1f} frames/s) -> {outputs}", flush=True)
     if failed:
         for message in failed:
-            sys.stderr.write(f"{cli.app.program_name()}: error: {message}\n")
+            cli.app.report_error(message)
         return cli.app.DATA_ERROR
     return 0
 

@@ -33,10 +33,15 @@ def program_name() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script"
 
 
-def fail(message: str, code: int = DATA_ERROR) -> NoReturn:
-    """Print ``<script>: error: <message>`` (one line per message line) and exit ``code``."""
+def report_error(message: str) -> None:
+    """Print ``<script>: error: <message>`` on stderr (the format of every script's errors)."""
     sys.stderr.write(f"{program_name()}: error: {message}\n")
     sys.stderr.flush()
+
+
+def fail(message: str, code: int = DATA_ERROR) -> NoReturn:
+    """:func:`report_error`, then exit ``code``."""
+    report_error(message)
     sys.exit(code)
 
 

@@ -32,7 +32,8 @@ def _target_mode(path: str) -> int:
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """``with atomic_open(path) as f: f.write(...)``: ``path`` appears complete on success.
+    """``with atomic_open(path) as f: f.write(...)``: ``path`` appears complete on success
+    (written through :func:`atomic_path`, flushed and fsynced before the rename).
 
     Args:
       path: the final file; its folder is created if needed.
@@ -41,20 +42,11 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, _target_mode(path))
-        with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding if mode == "w" else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def write_text(path: str, text: str) -> str:
